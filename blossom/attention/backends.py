@@ -1,0 +1,57 @@
+"""The three attention primitives BlossomRec needs, behind one interface per backend.
+
+`torch` is the reference (reference.py). `triton` is the sparse kernels (triton_ops.py), used
+by default when CUDA is present. Every backend implements the same signatures:
+
+- stis(q, k, v, scale, seq_len) -> [B, H, L, d]            (differentiable)
+- select(q, ck, scale, num_selected) -> [B, G, L, n] int   (no gradient; -1 = unused slot)
+- ltis(q, k, v, block_idx, scale, seq_len) -> [B, H, L, d] (differentiable in q, k, v)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from collections.abc import Callable
+
+import torch
+
+from blossom.attention import reference
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named set of the three primitives."""
+
+    name: str
+    stis: Callable
+    select: Callable
+    ltis: Callable
+
+
+def _torch_select(q, ck, scale, num_selected):
+    with torch.no_grad():
+        return reference.select_blocks(reference.block_importance(q, ck, scale), num_selected)
+
+
+TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention)
+
+
+def triton_available() -> bool:
+    """True when a CUDA device and the Triton kernels can be used."""
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+
+
+def get_backend(name: str) -> Backend:
+    """Resolve a backend name; `auto` means triton on CUDA, torch otherwise."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention_backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "triton" if triton_available() else "torch"
+    if name == "torch":
+        return TORCH
+    from blossom.attention import triton_ops
+
+    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis)

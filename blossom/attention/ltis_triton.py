@@ -1,0 +1,550 @@
+"""LTIS (long-term) attention as Triton kernels: block selection, sparse attention, backward.
+
+Contract: reference.select_blocks(reference.block_importance(...)) and reference.ltis_attention.
+
+Selection (`select_blocks`): one program per (query tile, batch, kv head) averages the group's
+query heads first (a mean of logits is the logit of the mean query: H/G times less work), streams
+the compressed keys in chunks and keeps, in registers, the running logsumexp (seeded with the
+null logit) and the running top-n blocks. Nothing [L, L/16] is ever written.
+
+Attention (`ltis_attention`): every query attends 16 keys per selected block plus its own block
+causally, one exact softmax over the union. Rows are (query, head) pairs of one GQA group, so
+the group's heads share every K/V load (NSA's trick). tl.dot needs 16 rows: a program takes
+16 / (H/G) queries (4 at H/G = 4); per selected slot it loads their 4 blocks as one [64, d] key
+tile, scores all 16 rows against it on tensor cores and masks the 3/4 of the scores that belong
+to other queries; the own block is one [16, d] tile shared by the whole program (a 16-aligned
+tile never straddles blocks). The forward stores the fp32 logsumexp; the backward recomputes
+probabilities. dq walks the same slots. dk/dv use an inverted index instead of atomics: the
+(query, block) pairs are sorted by block (torch.sort, stable, so the sums are deterministic),
+and one program per key block gathers its own block's 16 queries (causal), then every query
+that selected it, in chunks of 16 queries x H/G heads: three small tensor-core dots per chunk
+against the block's K and V, no fp32 scratch buffers, no atomics (an atomic scatter would
+issue B*H*L*n*16*d*2 fp32 atomics, ~4e9 at B=64, L=4096).
+
+Right padding: rows at or past seq_len[b] write exact zeros, load nothing, and give or receive
+no gradient; tiles wholly past it skip every slot. Keys at or past seq_len are never loaded, so
+NaN there cannot leak into valid outputs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from blossom.attention import reference
+from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
+
+_BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
+_NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
+_KEEP_PROB: tl.constexpr = tl.constexpr(reference.KEEP_PROB)
+_MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp spill beyond this
+
+
+def _block_d(head_dim: int) -> int:
+    """Head dim padded to a power of two >= 16 (tl.dot's minimum); extra columns are masked."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _dot_mode(dtype: torch.dtype) -> str:
+    """How _dot multiplies: exact fp32 under TRITON_INTERPRET=1 (its bf16 tl.dot is wrong,
+    TOOLING.md 3), 3xTF32 for fp32 inputs on a GPU, the input dtype's tensor cores otherwise."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "ieee"
+    return "tf32x3" if dtype == torch.float32 else "native"
+
+
+@triton.jit
+def _dot(a, b, DOT: tl.constexpr):
+    """a @ b with an fp32 result. DOT: "native" (fp16/bf16 tensor cores), or an fp32
+    input_precision for fp32 operands ("tf32x3" on GPUs: ~fp32 accuracy on tensor cores;
+    "ieee" in the interpreter, whose bf16 dot is broken)."""
+    if DOT == "native":
+        out = tl.dot(a, b)
+    else:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Block selection
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _merge_top(top_s, top_j, s, j0, N: tl.constexpr):
+    """Top-N of a running sorted list (top_s, top_j [M, N_PAD]) and a chunk of scores s [M, BN]
+    whose column c is block j0 + c. Ties go to the lower block index: the running list holds
+    lower indices than the chunk, and tl.max breaks ties to the left. Entries left at -inf may
+    repeat an index; the caller drops them (their probability is 0)."""
+    slot = tl.arange(0, top_s.shape[1])[None, :]
+    col = tl.arange(0, s.shape[1])[None, :]
+    new_s = tl.full(top_s.shape, float("-inf"), tl.float32)
+    new_j = tl.full(top_j.shape, -1, tl.int32)
+    for t in tl.static_range(N):
+        run_best, run_arg = tl.max(top_s, axis=1, return_indices=True)
+        new_best, new_arg = tl.max(s, axis=1, return_indices=True)
+        from_run = run_best >= new_best
+        run_hit = slot == run_arg[:, None]
+        run_j = tl.sum(tl.where(run_hit, top_j, 0), axis=1)
+        best_j = tl.where(from_run, run_j, j0 + new_arg)
+        new_s = tl.where(slot == t, tl.where(from_run, run_best, new_best)[:, None], new_s)
+        new_j = tl.where(slot == t, best_j[:, None], new_j)
+        top_s = tl.where(run_hit & from_run[:, None], float("-inf"), top_s)
+        s = tl.where((col == new_arg[:, None]) & ~from_run[:, None], float("-inf"), s)
+    return new_s, new_j
+
+
+@triton.jit
+def _select_fwd(
+    Q, CK, OUT,
+    sq_b, sq_h, sq_l, sq_d,
+    sc_b, sc_g, sc_n, sc_d,
+    length, num_blocks, kv_heads, scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Top-N visible blocks of a query tile x (batch, kv head) -> OUT [B, G, L, N] (int32, -1 unused)."""
+    tile = tl.program_id(0)
+    b = tl.program_id(1) // kv_heads
+    g = tl.program_id(1) % kv_heads
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols[None, :] < HEAD_DIM
+    row_ok = rows < length
+    q_ptrs = _row_ptrs(Q + b.to(tl.int64) * sq_b, g * GROUP, rows, cols, sq_h, sq_l, sq_d)
+    q_mean = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for h in tl.static_range(GROUP):
+        q_mean += tl.load(q_ptrs + h * sq_h, mask=row_ok[:, None] & col_ok, other=0.0).to(tl.float32)
+    q_mean = q_mean * (scale / GROUP)
+    ck_base = CK + b.to(tl.int64) * sc_b + g * sc_g
+
+    own = rows // _BLOCK  # block j is visible to query i iff 16j + 15 < i, i.e. j < i // 16
+    m = tl.full([BLOCK_M], _NULL_LOGIT, tl.float32)  # running max, seeded with the null logit
+    denom = tl.full([BLOCK_M], 1.0, tl.float32)  # running sum of exp(logit - m), null included
+    top_s = tl.full([BLOCK_M, N_PAD], float("-inf"), tl.float32)
+    top_j = tl.full([BLOCK_M, N_PAD], -1, tl.int32)
+    last = tl.minimum(num_blocks, (tl.minimum((tile + 1) * BLOCK_M, length) - 1) // _BLOCK)
+    for j0 in range(0, last, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        ck = tl.load(_row_ptrs(ck_base, 0, j, cols, 0, sc_n, sc_d), mask=(j < num_blocks)[:, None] & col_ok, other=0.0)
+        # exact fp32, as the reference: "tf32x3" ran select_blocks in 0.28 ms instead of 0.76 on
+        # an H100 (B=64, L=4096, [64, 64] tiles), but its ~1e-6 logit error can reorder
+        # near-ties by more than the 1e-6 the selection tests allow
+        s = _dot(q_mean, tl.trans(ck.to(tl.float32)), "ieee")
+        s = tl.where(j[None, :] < own[:, None], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+        m = m_new
+        top_s, top_j = _merge_top(top_s, top_j, s, j0, N)
+
+    keep = tl.exp(top_s - m[:, None]) / denom[:, None] > _KEEP_PROB
+    slot = tl.arange(0, N_PAD)
+    out_ptrs = OUT + ((b * kv_heads + g).to(tl.int64) * length + rows[:, None]) * N + slot[None, :]
+    tl.store(out_ptrs, tl.where(keep, top_j, -1), mask=row_ok[:, None] & (slot < N)[None, :])
+
+
+def _select_tiles(length: int, num_blocks: int) -> tuple[int, int]:
+    """(queries, blocks) per step, 16 at least (tl.dot). [128, 32] ran in 0.64 ms on an H100 at
+    B=64, L=4096, against 0.76 for [64, 64] or [32, 64], 1.8 for [128, 64] and 2.7 for [64, 128]
+    (register spills). Tests shrink these to exercise the chunked top-n merge."""
+    return min(128, max(16, triton.next_power_of_2(length))), min(32, max(16, triton.next_power_of_2(num_blocks)))
+
+
+def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = reference.NUM_SELECTED) -> Tensor:
+    """Top-n blocks per query and kv head, as reference.select_blocks(block_importance(q, ck)).
+
+    q [B, H, L, d], ck [B, G, L // 16, d] (any strides). Returns int32 [B, G, L, n],
+    n = min(num_selected, L // 16); -1 marks an unused slot. No gradient.
+    """
+    b, h, length, d = q.shape
+    kv_heads, num_blocks = ck.shape[1], ck.shape[2]
+    if ck.shape[0] != b or ck.shape[3] != d or h % kv_heads or num_blocks != length // reference.BLOCK:
+        raise ValueError(f"q {tuple(q.shape)} and ck {tuple(ck.shape)} do not match")
+    if d > _MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be <= {_MAX_HEAD_DIM}, got {d}")
+    n = min(num_selected, num_blocks)
+    out = torch.empty(b, kv_heads, length, n, device=q.device, dtype=torch.int32)
+    if n == 0:
+        return out
+    block_m, block_n = _select_tiles(length, num_blocks)
+    grid = (triton.cdiv(length, block_m), b * kv_heads)
+    _select_fwd[grid](
+        q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
+        GROUP=h // kv_heads, HEAD_DIM=d, BLOCK_D=_block_d(d), N=n, N_PAD=triton.next_power_of_2(n),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse attention over the selected blocks + the causal own block
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _query_rows(tile, g, BLOCK_Q: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr):
+    """Rows of a query tile: (query, head) pairs, the group's heads of one query adjacent."""
+    r = tl.arange(0, BLOCK_Q * GROUP_P)
+    return tile * BLOCK_Q + r // GROUP_P, g * GROUP + r % GROUP_P, r % GROUP_P < GROUP
+
+
+@triton.jit
+def _row_ptrs(base, heads, queries, cols, s_h, s_l, s_d):
+    """Pointers [rows, d] into an [H, L, d] slice at (heads, queries). Row offsets are formed
+    before broadcasting: 2-D integer arithmetic is what the interpreter is slowest at."""
+    return (base + heads * s_h + queries * s_l)[:, None] + (cols * s_d)[None, :]
+
+
+@triton.jit
+def _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr):
+    """Keys [BLOCK_Q * 16] of selected slot t for the tile's queries, query a owning columns
+    16a .. 16a + 15, and their mask (slot -1, or keys past seq_len, give none)."""
+    c = tl.arange(0, BLOCK_Q * _BLOCK)
+    owner = tile * BLOCK_Q + c // _BLOCK
+    blk = tl.load(idx_base + owner * s_il + t * s_it, mask=owner < n_valid, other=-1)
+    keys = blk * _BLOCK + c % _BLOCK
+    return keys, (blk >= 0) & (keys < n_valid)
+
+
+@triton.jit
+def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT: tl.constexpr):
+    """Online-softmax update of rows q [M, d] with keys k, v [N, d]; mask [M, N]."""
+    s = tl.where(mask, _dot(q, tl.trans(k), DOT) * qk_scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT)
+    return m_new, denom, acc
+
+
+@triton.jit
+def _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT: tl.constexpr):
+    """Add the contribution of keys k, v [N, d] to dq [M, d] (unscaled); mask [M, N]."""
+    p = tl.where(mask, tl.exp2(_dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
+    ds = p * (_dot(do, tl.trans(v), DOT) - delta[:, None])
+    return dq + _dot(ds.to(k.dtype), k, DOT)
+
+
+@triton.jit
+def _ltis_fwd(
+    Q, K, V, IDX, SEQ_LEN, O, LSE,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_g, sk_l, sk_d,
+    sv_b, sv_g, sv_l, sv_d,
+    si_b, si_g, si_l, si_t,
+    so_b, so_h, so_l, so_d,
+    length, n_slots, kv_heads, qk_scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """O and the logsumexp (log2 units) of BLOCK_Q queries x (batch, kv head): online softmax
+    over the selected slots, then the own block."""
+    tile = tl.program_id(0)
+    b = tl.program_id(1) // kv_heads
+    g = tl.program_id(1) % kv_heads
+    n_valid = valid_length(SEQ_LEN, b, length)
+    queries, heads, head_ok = _query_rows(tile, g, BLOCK_Q, GROUP, GROUP_P)
+    row_ok = head_ok & (queries < n_valid)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols[None, :] < HEAD_DIM
+    b64 = b.to(tl.int64)
+    q = tl.load(_row_ptrs(Q + b64 * sq_b, heads, queries, cols, sq_h, sq_l, sq_d), mask=row_ok[:, None] & col_ok, other=0.0)
+    k_base = K + b64 * sk_b + g * sk_g
+    v_base = V + b64 * sv_b + g * sv_g
+    idx_base = IDX + b64 * si_b + g * si_g
+    owner = (queries - tile * BLOCK_Q)[:, None] == (tl.arange(0, BLOCK_Q * _BLOCK) // _BLOCK)[None, :]
+
+    m = tl.full([BLOCK_Q * GROUP_P], -1.0e30, tl.float32)  # finite: fully masked slots stay NaN-free
+    denom = tl.zeros([BLOCK_Q * GROUP_P], tl.float32)
+    acc = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
+    live = tile * BLOCK_Q < n_valid  # tiles past seq_len skip everything
+    for t in range(tl.where(live, n_slots, 0)):
+        keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
+        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
+        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
+        mask = owner & ok[None, :] & row_ok[:, None]
+        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT)
+    if live:
+        keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)  # the tile's own block
+        ok = (keys < n_valid)[:, None] & col_ok
+        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
+        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok, other=0.0)
+        mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
+        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT)
+
+    denom = tl.where(row_ok, denom, 1.0)
+    out = tl.where(row_ok[:, None], acc / denom[:, None], 0.0)
+    in_range = head_ok & (queries < length)
+    o_ptrs = _row_ptrs(O + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None] & col_ok)
+    lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
+    tl.store(LSE + lse_offs, m + tl.log2(denom), mask=row_ok)
+
+
+@triton.jit
+def _ltis_bwd_dq(
+    Q, K, V, IDX, SEQ_LEN, O, DO, DQ, LSE, DELTA,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_g, sk_l, sk_d,
+    sv_b, sv_g, sv_l, sv_d,
+    si_b, si_g, si_l, si_t,
+    so_b, so_h, so_l, so_d,
+    sdo_b, sdo_h, sdo_l, sdo_d,
+    length, n_slots, kv_heads, qk_scale, scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """dq of BLOCK_Q queries x (batch, kv head), walking the slots like the forward. Also writes
+    delta = rowsum(dO * O) for the dk/dv kernel (saves a pass over dO and O). DQ has O's strides."""
+    tile = tl.program_id(0)
+    b = tl.program_id(1) // kv_heads
+    g = tl.program_id(1) % kv_heads
+    n_valid = valid_length(SEQ_LEN, b, length)
+    queries, heads, head_ok = _query_rows(tile, g, BLOCK_Q, GROUP, GROUP_P)
+    row_ok = head_ok & (queries < n_valid)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols[None, :] < HEAD_DIM
+    row_mask = row_ok[:, None] & col_ok
+    b64 = b.to(tl.int64)
+    q = tl.load(_row_ptrs(Q + b64 * sq_b, heads, queries, cols, sq_h, sq_l, sq_d), mask=row_mask, other=0.0)
+    do = tl.load(_row_ptrs(DO + b64 * sdo_b, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=row_mask, other=0.0)
+    out = tl.load(_row_ptrs(O + b64 * so_b, heads, queries, cols, so_h, so_l, so_d), mask=row_mask, other=0.0)
+    lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
+    lse = tl.load(LSE + lse_offs, mask=row_ok, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), axis=1)
+    tl.store(DELTA + lse_offs, delta, mask=row_ok)
+    do = do.to(q.dtype)
+    k_base = K + b64 * sk_b + g * sk_g
+    v_base = V + b64 * sv_b + g * sv_g
+    idx_base = IDX + b64 * si_b + g * si_g
+    owner = (queries - tile * BLOCK_Q)[:, None] == (tl.arange(0, BLOCK_Q * _BLOCK) // _BLOCK)[None, :]
+
+    dq = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
+    live = tile * BLOCK_Q < n_valid
+    for t in range(tl.where(live, n_slots, 0)):
+        keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
+        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
+        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
+        mask = owner & ok[None, :] & row_ok[:, None]
+        dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT)
+    if live:
+        keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
+        ok = (keys < n_valid)[:, None] & col_ok
+        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
+        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok, other=0.0)
+        mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
+        dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT)
+
+    in_range = head_ok & (queries < length)
+    dq_ptrs = _row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=in_range[:, None] & col_ok)
+
+
+@triton.jit
+def _dkdv_rows(
+    dk, dv, k, v, keys, queries, heads, row_ok,
+    q_base, do_base, LSE, DELTA, lse_base,
+    sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, length, qk_scale, cols, col_ok,
+    CAUSAL: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """Add one chunk of query rows' contribution to dk (unscaled) and dv of one key block."""
+    mask = row_ok[:, None] & col_ok
+    q = tl.load(_row_ptrs(q_base, heads, queries, cols, sq_h, sq_l, sq_d), mask=mask, other=0.0)
+    do = tl.load(_row_ptrs(do_base, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=mask, other=0.0)
+    lse_offs = lse_base + heads * length + queries
+    lse = tl.load(LSE + lse_offs, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + lse_offs, mask=row_ok, other=0.0)
+    ok = row_ok[:, None]
+    if CAUSAL:
+        ok = ok & (keys[None, :] <= queries[:, None])
+    p = tl.where(ok, tl.exp2(_dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
+    dv += _dot(tl.trans(p.to(do.dtype)), do, DOT)
+    ds = p * (_dot(do, tl.trans(v), DOT) - delta[:, None])
+    dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT)
+    return dk, dv
+
+
+@triton.jit
+def _ltis_bwd_dkdv(
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEQ_LEN, OFFSETS, QUERIES,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_g, sk_l, sk_d,
+    sv_b, sv_g, sv_l, sv_d,
+    sdo_b, sdo_h, sdo_l, sdo_d,
+    sdk_b, sdk_g, sdk_l, sdk_d,
+    length, num_blocks, kv_heads, qk_scale, scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT: tl.constexpr,
+):  # fmt: skip
+    """dk, dv of key block j x (batch, kv head): its own 16 queries (causal), then every query
+    that selected it (the inverted index), 16 queries x all the group's heads per step.
+    Each step is three small tensor-core dots against the block's K and V. DK and DV share strides."""
+    j = tl.program_id(0)
+    bg = tl.program_id(1)
+    b = bg // kv_heads
+    g = bg % kv_heads
+    n_valid = valid_length(SEQ_LEN, b, length)
+    b64 = b.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols[None, :] < HEAD_DIM
+    keys = j * _BLOCK + tl.arange(0, _BLOCK)
+    key_ok = (keys < n_valid)[:, None] & col_ok
+    k = tl.load(_row_ptrs(K + b64 * sk_b, g, keys, cols, sk_g, sk_l, sk_d), mask=key_ok, other=0.0)
+    v = tl.load(_row_ptrs(V + b64 * sv_b, g, keys, cols, sv_g, sv_l, sv_d), mask=key_ok, other=0.0)
+    q_base = Q + b64 * sq_b
+    do_base = DO + b64 * sdo_b
+    lse_base = b64 * kv_heads * GROUP * length
+
+    queries, heads, head_ok = _query_rows(j, g, _BLOCK, GROUP, GROUP_P)
+    dk = tl.zeros([_BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([_BLOCK, BLOCK_D], tl.float32)
+    dk, dv = _dkdv_rows(
+        dk, dv, k, v, keys, queries, heads, head_ok & (queries < n_valid),
+        q_base, do_base, LSE, DELTA, lse_base,
+        sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, length, qk_scale, cols, col_ok,
+        CAUSAL=True, DOT=DOT,
+    )  # fmt: skip
+
+    listed = j < num_blocks  # the last, partial block is never selectable
+    start = tl.load(OFFSETS + bg * num_blocks + j, mask=listed, other=0)
+    end = tl.load(OFFSETS + bg * num_blocks + j + 1, mask=listed, other=0)
+    rank = queries - j * _BLOCK  # 0..15: the row's query within the chunk
+    for c in range(start, end, _BLOCK):
+        sel_ok = c + rank < end
+        sel = tl.load(QUERIES + c + rank, mask=sel_ok, other=0)
+        dk, dv = _dkdv_rows(
+            dk, dv, k, v, keys, sel, heads, head_ok & sel_ok,
+            q_base, do_base, LSE, DELTA, lse_base,
+            sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, length, qk_scale, cols, col_ok,
+            CAUSAL=False, DOT=DOT,
+        )  # fmt: skip
+
+    out_ptrs = _row_ptrs(b64 * sdk_b, g, keys, cols, sdk_g, sdk_l, sdk_d)
+    out_ok = (keys < length)[:, None] & col_ok
+    tl.store(DK + out_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=out_ok)
+    tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=out_ok)
+
+
+def _invert(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
+    """CSR of the queries that selected each block: (offsets [B*G*nb + 1], queries) int32.
+
+    Pairs with slot -1 or a query at or past seq_len are left out. A stable sort keeps each
+    block's queries in ascending order: deterministic sums and neighbouring q rows per chunk.
+    """
+    b, g, length, n = block_idx.shape
+    num_blocks = length // reference.BLOCK
+    device = block_idx.device
+    live = block_idx >= 0
+    if seq_len is not None:
+        live &= torch.arange(length, device=device)[:, None] < seq_len.view(b, 1, 1, 1)
+    group = torch.arange(b * g, device=device, dtype=torch.int32).view(b, g, 1, 1) * num_blocks
+    key = torch.where(live, group + block_idx.to(torch.int32), b * g * num_blocks).flatten()  # int32: half the radix passes
+    key, order = torch.sort(key, stable=True)
+    offsets = torch.searchsorted(key, torch.arange(b * g * num_blocks + 1, device=device, dtype=torch.int32))
+    return offsets.to(torch.int32), (order // n % length).to(torch.int32)
+
+
+def _stages(tile_bytes: int) -> int:
+    """Software-pipelining depth for a loop that loads tile_bytes per step: 3 (Triton's default)
+    for the small tiles of the real shapes, 1 where 3 copies would overflow shared memory
+    (fp32, d = 64, H = G: 270 KB needed of 227 KB on an H100)."""
+    return 3 if tile_bytes <= 16384 else 1
+
+
+def _attention_config(group_p: int, block_d: int, itemsize: int) -> dict[str, int]:
+    """Queries per program, warps and stages of the forward and dq kernels.
+
+    Rows are (query, head) pairs; tl.dot needs 16 of them, so a program takes 16 / group_p
+    queries (4 at H/G = 4). Their selected blocks differ, so each slot scores the rows against
+    all the tile's 4 x 16 keys and masks the 3/4 belonging to other queries. On an H100 (B=64,
+    H=8, G=2, d=16, L=4096, bf16) that forward takes 0.59 ms against 2.18 ms for exact per-row
+    products on CUDA cores; 1 warp beat 2 and 4, and 8 queries (32 rows) per program.
+    """
+    block_q = max(1, reference.BLOCK // group_p)
+    tile_bytes = 2 * block_q * reference.BLOCK * block_d * itemsize  # one slot's K and V
+    return dict(BLOCK_Q=block_q, num_warps=1, num_stages=_stages(tile_bytes))
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None) -> None:
+    """The shared GQA checks plus the block index layout."""
+    check_gqa(q, k, v, seq_len, max_head_dim=_MAX_HEAD_DIM)
+    (b, _, length, _), g = q.shape, k.shape[1]
+    if block_idx.dim() != 4 or block_idx.shape[:3] != (b, g, length) or block_idx.is_floating_point():
+        raise ValueError(f"block_idx must be an integer [B, G, L, n] = [{b}, {g}, {length}, n]; got {tuple(block_idx.shape)}")
+    if block_idx.device != q.device:
+        raise ValueError(f"block_idx is on {block_idx.device}, q on {q.device}")
+
+
+class _LtisAttention(torch.autograd.Function):
+    """Autograd wrapper: saves q, k, v, block_idx, the output and the fp32 logsumexp [B, H, L]."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None
+    ) -> Tensor:
+        b, h, length, d = q.shape
+        kv_heads = k.shape[1]
+        group = h // kv_heads
+        group_p = triton.next_power_of_2(group)
+        out = empty_blhd(q, h)
+        lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
+        config = _attention_config(group_p, _block_d(d), q.element_size())
+        grid = (triton.cdiv(length, config["BLOCK_Q"]), b * kv_heads)
+        meta = dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=_dot_mode(q.dtype), **config)
+        _ltis_fwd[grid](
+            q, k, v, block_idx, seq_len, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(),
+            length, block_idx.shape[3], kv_heads, scale * LOG2E.value, **meta,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, block_idx, seq_len, out, lse)
+        ctx.scale, ctx.grid, ctx.meta = scale, grid, meta
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
+        q, k, v, block_idx, seq_len, out, lse = ctx.saved_tensors
+        b, h, length, _ = q.shape
+        kv_heads, n_slots = k.shape[1], block_idx.shape[3]
+        qk_scale = ctx.scale * LOG2E.value
+        dq = empty_blhd(q, h)  # same shape and layout as out: shares its strides
+        delta = torch.empty_like(lse)
+        _ltis_bwd_dq[ctx.grid](
+            q, k, v, block_idx, seq_len, out, dout, dq, lse, delta,
+            *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),
+            length, n_slots, kv_heads, qk_scale, ctx.scale, **ctx.meta,
+        )  # fmt: skip
+
+        if n_slots and length >= reference.BLOCK:
+            offsets, queries = _invert(block_idx, seq_len)
+        else:  # nothing selectable: only the own blocks
+            offsets = queries = torch.zeros(1, device=q.device, dtype=torch.int32)
+        dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
+        meta = {name: ctx.meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
+        rows = reference.BLOCK * meta["GROUP_P"]  # one step: 16 queries x the group's heads
+        _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
+            q, k, v, dout, dk, dv, lse, delta, seq_len, offsets, queries,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
+            length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, ctx.scale,
+            **meta, num_warps=4, num_stages=_stages(2 * rows * meta["BLOCK_D"] * q.element_size()),
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None
+
+
+def ltis_attention(
+    q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None = None
+) -> Tensor:
+    """Long-term branch, same contract as reference.ltis_attention: q [B, H, L, d], k, v
+    [B, G, L, d], block_idx [B, G, L, n] int (-1 = unused; 0 <= id < L // 16), any strides;
+    outputs at positions >= seq_len[b] exactly 0. Differentiable in q, k, v.
+
+    The output is [B, H, L, d] laid out as [B, L, H, d] in memory.
+    """
+    _check(q, k, v, block_idx, seq_len)
+    return _LtisAttention.apply(q, k, v, block_idx, scale, device_lengths(seq_len, q.device))

@@ -1,0 +1,292 @@
+"""STIS (short-term) attention as Triton kernels: forward, backward and an autograd Function.
+
+Query i attends key i - o for the offsets o of reference.stis_offsets (0..7, 8, 16, 32, ...).
+STIS is a sum of shifted diagonals (DESIGN.md section 3): for a query tile [t0, t0 + T) and one
+offset the keys are the contiguous tile [t0 - o, t0 + T - o). So a program walks the offsets,
+loads one K/V tile per offset and scores it row-wise (d is tiny: multiply and sum over d, no
+tensor cores), with an online softmax across offsets: no mask tensor, nothing L x L, memory
+linear in L. One program serves all query heads of a GQA group, so every K/V load feeds H / G
+heads. The offset loop is a runtime loop: unrolling it was ~6% faster on an H100 but compiles
+once per offset count (per power-of-two bucket of L). The backward recomputes probabilities from the stored logsumexp; dq walks the offsets
+like the forward, dk/dv walk them from the key side (key s receives from queries s + o), so no
+atomics are needed.
+
+Right padding: rows at or past seq_len[b] write exact zeros, never load anything and give or
+receive no gradient; tiles wholly past it skip every offset.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from blossom.attention import reference
+from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
+
+_LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
+_MAX_HEAD_DIM = 256  # per-row registers grow with d; beyond this a different tiling is needed
+
+
+@triton.jit
+def _offset(j):
+    """The j-th STIS offset: j for j <= LOCAL, then LOCAL << (j - LOCAL) (8, 16, 32, ...)."""
+    return tl.where(j <= _LOCAL, j, _LOCAL << tl.maximum(j - _LOCAL, 0))
+
+
+@triton.jit
+def _head_ptrs(base, heads, rows, cols, s_h, s_l, s_d):
+    """[heads, rows, cols] pointers into an [H, L, d] slice (query side). Built once per program:
+    another offset only moves them by o * s_l."""
+    return base + heads[:, None, None] * s_h + rows[None, :, None] * s_l + cols[None, None, :] * s_d
+
+
+@triton.jit
+def _row_ptrs(base, rows, cols, s_l, s_d):
+    """[rows, cols] pointers into an [L, d] slice (key side)."""
+    return base + rows[:, None] * s_l + cols[None, :] * s_d
+
+
+@triton.jit
+def _program(SEQ_LEN, length, kv_heads, BLOCK: tl.constexpr):
+    """(first row of the tile, batch, kv head, valid length) of this program."""
+    b = tl.program_id(1) // kv_heads
+    return tl.program_id(0) * BLOCK, b, tl.program_id(1) % kv_heads, valid_length(SEQ_LEN, b, length)
+
+
+@triton.jit
+def _stis_fwd(
+    Q, K, V, O, LSE, SEQ_LEN,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    so_b, so_h, so_l, so_d,
+    length, num_offsets, kv_heads, qk_scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One query tile x (batch, kv head): O of the group's query heads and their LSE (natural log)."""
+    t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
+    heads = tl.arange(0, GROUP_P)
+    rows = t0 + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_valid
+    col_ok = cols < HEAD_DIM
+    row_mask = (heads < GROUP)[:, None] & row_ok[None, :]
+    qmask = row_mask[:, :, None] & col_ok[None, None, :]
+    q_ptrs = _head_ptrs(Q + b * sq_b + g * GROUP * sq_h, heads, rows, cols, sq_h, sq_l, sq_d)
+    q = tl.load(q_ptrs, mask=qmask, other=0.0).to(tl.float32)
+    k_ptrs = _row_ptrs(K + b * sk_b + g * sk_h, rows, cols, sk_l, sk_d)
+    v_ptrs = _row_ptrs(V + b * sv_b + g * sv_h, rows, cols, sv_l, sv_d)
+
+    m = tl.full([GROUP_P, BLOCK], -1.0e30, tl.float32)  # finite: fully masked rows stay NaN-free
+    denom = tl.zeros([GROUP_P, BLOCK], tl.float32)
+    acc = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
+    if t0 < n_valid:  # a tile wholly in the padding skips every offset
+        for j in range(num_offsets):
+            o = _offset(j)
+            key_ok = row_ok & (rows >= o)
+            kv_mask = key_ok[:, None] & col_ok[None, :]
+            k = tl.load(k_ptrs - o * sk_l, mask=kv_mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptrs - o * sv_l, mask=kv_mask, other=0.0).to(tl.float32)
+            s = tl.sum(q * k[None, :, :], axis=2) * qk_scale  # log2 units
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, s)
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new)
+            denom = denom * alpha + p
+            acc = acc * alpha[:, :, None] + p[:, :, None] * v[None, :, :]
+            m = m_new
+
+    denom = tl.where(row_mask, denom, 1.0)
+    out = tl.where(qmask, acc / denom[:, :, None], 0.0)
+    out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
+    o_ptrs = _head_ptrs(O + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=out_mask)
+    lse_ptrs = LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :]
+    tl.store(lse_ptrs, (m + tl.log2(denom)) / LOG2E, mask=row_mask)
+
+
+@triton.jit
+def _stis_bwd_dq(
+    Q, K, V, O, DO, DQ, LSE, DELTA, SEQ_LEN,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    so_b, so_h, so_l, so_d,
+    sdo_b, sdo_h, sdo_l, sdo_d,
+    length, num_offsets, kv_heads, scale, qk_scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """dq for one query tile x (batch, kv head), walking the offsets like the forward.
+
+    Also writes delta = rowsum(dO * O), which the dk/dv kernel needs: computing it here saves a
+    separate pass over dO and O. DQ has O's strides.
+    """
+    t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
+    heads = tl.arange(0, GROUP_P)
+    rows = t0 + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_valid
+    col_ok = cols < HEAD_DIM
+    row_mask = (heads < GROUP)[:, None] & row_ok[None, :]
+    qmask = row_mask[:, :, None] & col_ok[None, None, :]
+    q_ptrs = _head_ptrs(Q + b * sq_b + g * GROUP * sq_h, heads, rows, cols, sq_h, sq_l, sq_d)
+    o_ptrs = _head_ptrs(O + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+    q = tl.load(q_ptrs, mask=qmask, other=0.0).to(tl.float32)
+    out = tl.load(o_ptrs, mask=qmask, other=0.0).to(tl.float32)
+    do_ptrs = _head_ptrs(DO + b * sdo_b + g * GROUP * sdo_h, heads, rows, cols, sdo_h, sdo_l, sdo_d)
+    do = tl.load(do_ptrs, mask=qmask, other=0.0).to(tl.float32)
+    lse_offs = (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :]
+    lse = tl.load(LSE + lse_offs, mask=row_mask, other=0.0) * LOG2E
+    delta = tl.sum(do * out, axis=2)
+    tl.store(DELTA + lse_offs, delta, mask=row_mask)
+    k_ptrs = _row_ptrs(K + b * sk_b + g * sk_h, rows, cols, sk_l, sk_d)
+    v_ptrs = _row_ptrs(V + b * sv_b + g * sv_h, rows, cols, sv_l, sv_d)
+
+    dq = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
+    if t0 < n_valid:
+        for j in range(num_offsets):
+            o = _offset(j)
+            key_ok = row_ok & (rows >= o)
+            kv_mask = key_ok[:, None] & col_ok[None, :]
+            k = tl.load(k_ptrs - o * sk_l, mask=kv_mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptrs - o * sv_l, mask=kv_mask, other=0.0).to(tl.float32)
+            s = tl.sum(q * k[None, :, :], axis=2) * qk_scale
+            p = tl.where(row_mask & key_ok[None, :], tl.exp2(s - lse), 0.0)
+            dp = tl.sum(do * v[None, :, :], axis=2)
+            dq += (p * (dp - delta))[:, :, None] * k[None, :, :]
+
+    out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
+    dq_ptrs = _head_ptrs(DQ + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _stis_bwd_dkdv(
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEQ_LEN,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    sdo_b, sdo_h, sdo_l, sdo_d,
+    sdk_b, sdk_h, sdk_l, sdk_d,
+    length, num_offsets, kv_heads, scale, qk_scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
+    group's heads, so each program owns its output rows (DK and DV share strides)."""
+    s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
+    heads = tl.arange(0, GROUP_P)
+    keys = s0 + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < HEAD_DIM
+    kv_mask = (keys < n_valid)[:, None] & col_ok[None, :]
+    k_ptrs = _row_ptrs(K + b * sk_b + g * sk_h, keys, cols, sk_l, sk_d)
+    v_ptrs = _row_ptrs(V + b * sv_b + g * sv_h, keys, cols, sv_l, sv_d)
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0).to(tl.float32)
+    q_ptrs = _head_ptrs(Q + b * sq_b + g * GROUP * sq_h, heads, keys, cols, sq_h, sq_l, sq_d)
+    do_ptrs = _head_ptrs(DO + b * sdo_b + g * GROUP * sdo_h, heads, keys, cols, sdo_h, sdo_l, sdo_d)
+    lse_offs = (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + keys[None, :]
+
+    # Per-head accumulators, summed over the group once after the loop: summing every step would
+    # reduce across warps (through shared memory) once per offset.
+    dk = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
+    if s0 < n_valid:
+        for j in range(num_offsets):
+            o = _offset(j)
+            row_mask = (heads < GROUP)[:, None] & (keys + o < n_valid)[None, :]
+            qmask = row_mask[:, :, None] & col_ok[None, None, :]
+            q = tl.load(q_ptrs + o * sq_l, mask=qmask, other=0.0).to(tl.float32)
+            do = tl.load(do_ptrs + o * sdo_l, mask=qmask, other=0.0).to(tl.float32)
+            lse = tl.load(LSE + lse_offs + o, mask=row_mask, other=0.0) * LOG2E
+            delta = tl.load(DELTA + lse_offs + o, mask=row_mask, other=0.0)
+            s = tl.sum(q * k[None, :, :], axis=2) * qk_scale
+            p = tl.where(row_mask, tl.exp2(s - lse), 0.0)
+            dv += p[:, :, None] * do
+            dp = tl.sum(do * v[None, :, :], axis=2)
+            dk += (p * (dp - delta))[:, :, None] * q
+
+    out_mask = (keys < length)[:, None] & col_ok[None, :]
+    offs = _row_ptrs(b * sdk_b + g * sdk_h, keys, cols, sdk_l, sdk_d)
+    tl.store(DK + offs, (tl.sum(dk, axis=0) * scale).to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + offs, tl.sum(dv, axis=0).to(DV.dtype.element_ty), mask=out_mask)
+
+
+def _config(length: int, group_p: int, block_d: int) -> tuple[int, int, int]:
+    """(forward tile, backward tile, num_warps), from timings on an H100 (B=64, H=8, G=2, d=16,
+    L=4096, bf16): 32 rows (2048 values per [group, tile, d] block) for the forward, 16 for the
+    backward kernels, which keep three or four such blocks live per offset (with 32-64 rows dk/dv
+    took 1.3-1.5x longer). A tile is never longer than the sequence needs.
+    """
+    cap = max(16, min(128, triton.next_power_of_2(length)))
+    values = group_p * block_d
+    return max(16, min(cap, 2048 // values)), max(16, min(cap, 1024 // values)), 4
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None) -> None:
+    """The shared GQA checks; any head dim (rows are reduced with tl.sum, no tensor cores)."""
+    check_gqa(q, k, v, seq_len, max_head_dim=_MAX_HEAD_DIM)
+
+
+class _StisAttention(torch.autograd.Function):
+    """Autograd wrapper: saves q, k, v, the output and the fp32 logsumexp [B, H, L]."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None) -> Tensor:
+        b, h, length, d = q.shape
+        kv_heads = k.shape[1]
+        group = h // kv_heads
+        group_p, block_d = triton.next_power_of_2(group), triton.next_power_of_2(d)
+        block_fwd, block_bwd, num_warps = _config(length, group_p, block_d)
+        seq_len = device_lengths(seq_len, q.device)
+        out = empty_blhd(q, h)
+        lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
+        num_offsets = len(reference.stis_offsets(length))
+        meta = dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=block_d, num_warps=num_warps)
+        _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
+            q, k, v, out, lse, seq_len,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            length, num_offsets, kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, out, lse, seq_len)
+        ctx.scale, ctx.num_offsets, ctx.meta = scale, num_offsets, dict(meta, BLOCK=block_bwd)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        q, k, v, out, lse, seq_len = ctx.saved_tensors
+        b, kv_heads, length, _ = k.shape
+        dq = empty_blhd(q, q.shape[1])  # same shape and layout as out: shares its strides
+        dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
+        delta = torch.empty_like(lse)
+        common = (length, ctx.num_offsets, kv_heads, ctx.scale, ctx.scale * LOG2E.value)
+        grid = (triton.cdiv(length, ctx.meta["BLOCK"]), b * kv_heads)
+        _stis_bwd_dq[grid](
+            q, k, v, out, dout, dq, lse, delta, seq_len,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),
+            *common, **ctx.meta,
+        )  # fmt: skip
+        _stis_bwd_dkdv[grid](
+            q, k, v, dout, dk, dv, lse, delta, seq_len,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
+            *common, **ctx.meta,
+        )  # fmt: skip
+        return dq, dk, dv, None, None
+
+
+def stis_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None = None) -> Tensor:
+    """Short-term branch, same contract as reference.stis_attention: q [B, H, L, d], k, v
+    [B, G, L, d] (any strides), outputs at positions >= seq_len[b] exactly 0.
+
+    The output is [B, H, L, d] laid out as [B, L, H, d] in memory.
+    """
+    _check(q, k, v, seq_len)
+    return _StisAttention.apply(q, k, v, scale, seq_len)

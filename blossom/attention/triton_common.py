@@ -1,0 +1,50 @@
+"""Pieces both sparse kernels share: input checks, the output layout and the valid length."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LOG2E: tl.constexpr = tl.constexpr(math.log2(math.e))  # scores in log2 units: exp2 is cheaper
+
+
+@triton.jit
+def valid_length(SEQ_LEN, b, length):
+    """Rows < this are real items: min(seq_len[b], L), or L without seq_len."""
+    n_valid = length
+    if SEQ_LEN is not None:
+        n_valid = tl.minimum(tl.load(SEQ_LEN + b), length)
+    return n_valid
+
+
+def empty_blhd(like: Tensor, heads: int) -> Tensor:
+    """An uninitialised [B, heads, L, d] tensor stored as [B, L, heads, d]: merging heads after
+    the attention (transpose(1, 2).flatten(2)) is then free, and it matches the qkv projection."""
+    b, _, length, d = like.shape
+    return like.new_empty(b, length, heads, d).transpose(1, 2)
+
+
+def check_gqa(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, max_head_dim: int) -> None:
+    """Reject shapes and dtypes the kernels do not handle, with a message that says why."""
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
+        shapes = ", ".join(str(tuple(x.shape)) for x in (q, k, v))
+        raise ValueError(f"need q [B, H, L, d] and k, v [B, G, L, d]; got {shapes}")
+    (b, h, length, d), g = q.shape, k.shape[1]
+    if k.shape[0] != b or k.shape[2] != length or k.shape[3] != d or h % g:
+        raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)} do not form a GQA layout")
+    if length < 1 or d > max_head_dim:
+        raise ValueError(f"need L >= 1 and head dim <= {max_head_dim}; got L={length}, d={d}")
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if seq_len is not None and seq_len.shape != (b,):
+        raise ValueError(f"seq_len must have shape ({b},), got {tuple(seq_len.shape)}")
+
+
+def device_lengths(seq_len: Tensor | None, device: torch.device) -> Tensor | None:
+    """seq_len as the kernels read it: contiguous int32 on the inputs' device."""
+    return None if seq_len is None else seq_len.to(device=device, dtype=torch.int32).contiguous()

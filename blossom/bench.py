@@ -1,0 +1,442 @@
+"""Attention microbenchmark: one attention layer per implementation across sequence lengths -> CSV.
+
+Every implementation is a whole layer with its own projections (x [B, L, D] -> [B, L, D]), so the
+rows compare what a model would pay, not bare attention cores:
+
+- blossom_triton / blossom_reference: BlossomAttention with the Triton kernels / pure torch.
+- naive: causal multi-head attention (H full heads) with a materialised [B, H, L, L] score matrix.
+- sdpa: the same layer through F.scaled_dot_product_attention(is_causal=True) (flash on GPU in
+  bf16/fp16, the memory-efficient kernel in fp32): the baseline the ratio columns divide by.
+- flex: the STIS pattern (offsets 0..7 and powers of two, causal, GQA like BlossomAttention) as a
+  FlexAttention BlockMask, compiled; CUDA only. The baselines apply no RoPE.
+
+Dtype: native, not autocast: module.to(dtype) and inputs in dtype, so every matmul, activation and
+saved tensor is in that dtype (the DESIGN section 4 anchors used bf16 autocast, which keeps fp32
+weights and casts per op; native is what a bf16 model holds).
+
+Phases: "train" = forward + backward of out.float().square().mean() with the input requiring grad
+(grads set to None between repetitions); "infer" = forward under torch.no_grad().
+Time is the median over `repeats` repetitions after `warmup` (CUDA events on GPU, perf_counter on
+CPU). peak_mem_mib is torch.cuda.max_memory_allocated over the timed repetitions minus what was
+allocated before them (parameters, inputs, masks): the working memory of the layer. nvml_peak_mib is
+the device's used memory at its sampled peak (all processes, CUDA context included); the cache
+allocator is emptied between cells so each cell starts from the same baseline.
+
+A failing cell never ends the run: out-of-memory is recorded as "oom" (and larger L of that impl and
+phase are skipped), an impl that cannot run here as "unavailable: <why>", anything else as
+"error: <first line>". The CSV is rewritten atomically after every cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blossom.attention.module import BlossomAttention
+from blossom.attention.reference import LOCAL_WINDOW
+from blossom.errors import BlossomError
+from blossom.io import atomic_write_text
+from blossom.measure import MIB, Measure
+
+IMPLS = ("blossom_triton", "blossom_reference", "naive", "sdpa", "flex")
+PHASES = ("train", "infer")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEVICES = ("auto", "cuda", "cpu")
+COLUMNS = ("impl", "seq_len", "batch_size", "phase", "dtype", "time_ms", "peak_mem_mib", "nvml_peak_mib",
+           "status", "device", "ratio_time_vs_sdpa", "ratio_mem_vs_sdpa", "torch", "triton")
+OOM_SKIPPED = "oom (skipped after smaller L)"
+FLEX_BLOCK = 64  # the block size the DESIGN section 4 Flex/STIS anchor used
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run; validated on construction so a typo fails before any GPU time is spent."""
+
+    seq_lens: tuple[int, ...] = (200, 512, 1024, 2048, 4096, 8192)
+    batch_size: int = 64
+    hidden: int = 128
+    heads: int = 8
+    kv_heads: int = 2
+    dtype: str = "bf16"
+    impls: tuple[str, ...] = IMPLS
+    phases: tuple[str, ...] = PHASES
+    repeats: int = 20
+    warmup: int = 5
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, values, allowed in (("impl", self.impls, IMPLS), ("phase", self.phases, PHASES),
+                                      ("dtype", (self.dtype,), tuple(DTYPES)), ("device", (self.device,), DEVICES)):
+            unknown = [v for v in values if v not in allowed]
+            if unknown:
+                raise BlossomError(f"unknown {name} {', '.join(map(str, unknown))}; choose from {', '.join(allowed)}")
+        if min(self.seq_lens, default=0) < 1 or self.batch_size < 1 or self.repeats < 1 or self.warmup < 0:
+            raise BlossomError("seq lens, batch size and repeats must be >= 1 and warmup >= 0")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise BlossomError(f"need heads | hidden and kv_heads | heads, got {self.hidden}, {self.heads}, {self.kv_heads}")
+
+
+FULL = BenchConfig()
+# A few seconds on a CPU: what the workflow's default (CPU) profile runs. All impls are listed so the
+# CSV says why blossom_triton and flex have no numbers there instead of silently omitting them.
+QUICK = BenchConfig(seq_lens=(32, 64), batch_size=2, dtype="fp32", repeats=5, warmup=1)
+
+
+def make_config(quick: bool = False, **overrides: object) -> BenchConfig:
+    """The FULL or QUICK preset with the given fields replaced (lists become tuples)."""
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return replace(QUICK if quick else FULL, **fixed)
+
+
+Builder = Callable[[BenchConfig, int, torch.device], nn.Module]  # (config, L, device) -> the layer of one impl
+
+
+class Unavailable(Exception):
+    """This implementation cannot run in this environment (no CUDA, kernels or compiler missing)."""
+
+
+class CausalLayer(nn.Module):
+    """qkv projection -> attention core on [B, heads, L, d] -> output projection: the baselines' layer."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, core: Callable[[Tensor, Tensor, Tensor], Tensor]):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.to_qkv = nn.Linear(hidden, (heads + 2 * kv_heads) * self.head_dim, bias=False)
+        self.combine_heads = nn.Linear(hidden, hidden, bias=False)
+        self.core = core
+
+    def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:
+        """x [B, L, D] -> [B, L, D]; seq_len is accepted for a common signature (the bench uses full lengths)."""
+        b, length, _ = x.shape
+        d = self.head_dim
+        q, k, v = self.to_qkv(x).split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
+        q, k, v = (t.view(b, length, -1, d).transpose(1, 2) for t in (q, k, v))
+        return self.combine_heads(self.core(q, k, v).transpose(1, 2).flatten(2))
+
+
+def naive_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Textbook causal attention: the full score matrix is materialised (and saved for backward)."""
+    length = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
+
+
+def sdpa_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Fused causal attention (flash / memory-efficient kernels)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def stis_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    """STIS visibility: distance 0..LOCAL_WINDOW-1 or a power of two (the distances of stis_offsets)."""
+    distance = q_idx - kv_idx
+    return (distance >= 0) & ((distance < LOCAL_WINDOW) | ((distance & (distance - 1)) == 0))
+
+
+def _build_blossom(backend: str) -> Builder:
+    def build(config: BenchConfig, seq_len: int, device: torch.device) -> nn.Module:
+        if backend == "triton" and device.type != "cuda":
+            raise Unavailable("no CUDA")
+        try:
+            return BlossomAttention(config.hidden, config.heads, config.kv_heads, backend=backend)
+        except ImportError as err:
+            raise Unavailable(f"{backend} kernels not importable ({err})") from err
+
+    return build
+
+
+def _build_mha(core: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Builder:
+    def build(config: BenchConfig, seq_len: int, device: torch.device) -> nn.Module:
+        return CausalLayer(config.hidden, config.heads, config.heads, core)
+
+    return build
+
+
+def _build_flex(config: BenchConfig, seq_len: int, device: torch.device) -> nn.Module:
+    """Compiled per cell (static shapes, fresh dynamo cache): no recompile limit, compile time in warm-up."""
+    if device.type != "cuda":
+        raise Unavailable("FlexAttention is benchmarked on CUDA only")
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError as err:
+        raise Unavailable(f"no torch.nn.attention.flex_attention ({err})") from err
+    torch._dynamo.reset()
+    compiled = torch.compile(flex_attention, dynamic=False)
+    block_mask = create_block_mask(stis_mask_mod, None, None, seq_len, seq_len, device=device, BLOCK_SIZE=FLEX_BLOCK)
+
+    def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        try:  # compilation happens here, at the first (warm-up) call
+            return compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
+        except Exception as err:
+            if is_oom(err):
+                raise
+            raise Unavailable(f"flex_attention compile/run failed: {one_line(err)}") from err
+
+    return CausalLayer(config.hidden, config.heads, config.kv_heads, core)
+
+
+BUILDERS: dict[str, Builder] = {
+    "blossom_triton": _build_blossom("triton"),
+    "blossom_reference": _build_blossom("torch"),
+    "naive": _build_mha(naive_core),
+    "sdpa": _build_mha(sdpa_core),
+    "flex": _build_flex,
+}
+
+
+def is_oom(err: BaseException) -> bool:
+    """CUDA OOM, or a RuntimeError saying so (cuBLAS/Triton allocations report it as text)."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message`, cut to `limit` characters: fits a CSV cell."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text[:limit]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = cuda when present; asking for cuda without it is a user error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BlossomError("--device cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """What the device column says: the GPU's marketing name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def device_slug(name: str) -> str:
+    """File-name form of a device name: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def default_out(device: str = "auto") -> Path:
+    """results/bench/attention_<device-slug>.csv for the device this run would use."""
+    return Path("results/bench") / f"attention_{device_slug(device_name(resolve_device(device)))}.csv"
+
+
+def _phase_step(module: nn.Module, x: Tensor, seq_len: Tensor, phase: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, reset): one timed repetition, and what to undo between repetitions (outside the timing)."""
+    if phase == "infer":
+        def infer() -> None:
+            with torch.no_grad():
+                module(x, seq_len)
+
+        return infer, lambda: None
+
+    def train() -> None:
+        module(x, seq_len).float().square().mean().backward()
+
+    def reset() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return train, reset
+
+
+def _time_ms(step: Callable[[], None], reset: Callable[[], None], repeats: int, device: torch.device) -> list[float]:
+    """Per-repetition milliseconds: CUDA events on GPU (no host sync inside the loop), perf_counter on CPU."""
+    if device.type != "cuda":
+        times = []
+        for _ in range(repeats):
+            reset()
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+    events = []
+    for _ in range(repeats):
+        reset()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize(device)
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device) -> dict[str, object]:
+    """Time and memory of one (impl, L, phase); raises on failure (run_cell turns that into a status)."""
+    torch.manual_seed(0)
+    dtype = DTYPES[config.dtype]
+    module = BUILDERS[impl](config, seq_len, device).to(device=device, dtype=dtype)
+    x = torch.randn(config.batch_size, seq_len, config.hidden, device=device, dtype=dtype, requires_grad=phase == "train")
+    lengths = torch.full((config.batch_size,), seq_len, device=device)
+    step, reset = _phase_step(module, x, lengths, phase)
+    for _ in range(config.warmup):
+        reset()
+        step()
+    reset()
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize(device)
+    held = torch.cuda.memory_allocated(device) if on_gpu else 0
+    with Measure(device) as measure:
+        times = _time_ms(step, reset, config.repeats, device)
+    result = measure.result()
+    peak = result["torch_peak_allocated_mib"]
+    return {"time_ms": round(statistics.median(times), 4),
+            "peak_mem_mib": round(peak - held / MIB, 1) if on_gpu else peak,
+            "nvml_peak_mib": result["nvml_peak_mib"], "status": "ok"}
+
+
+def release_memory(device: torch.device) -> None:
+    """Drop what a finished (or failed) cell left, so the next cell starts from the same baseline."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device) -> dict[str, object]:
+    """measure_cell with every failure turned into a status; memory is released either way."""
+    try:
+        result = measure_cell(config, impl, seq_len, phase, device)
+    except Unavailable as err:
+        result = {"status": f"unavailable: {err}"}
+    except Exception as err:  # one cell must never end the run
+        result = {"status": "oom" if is_oom(err) else f"error: {one_line(err)}"}
+    release_memory(device)  # after the except block: the traceback (and its tensors) is gone
+    return result
+
+
+def _ratio(value: object, reference: object) -> float | str:
+    if isinstance(value, (int, float)) and isinstance(reference, (int, float)) and reference > 0:
+        return round(value / reference, 3)
+    return ""
+
+
+def add_ratios(rows: list[dict[str, object]]) -> None:
+    """Fill ratio_*_vs_sdpa from the ok sdpa row of the same L and phase ("" where there is none)."""
+    sdpa = {(r["seq_len"], r["phase"]): r for r in rows if r["impl"] == "sdpa" and r["status"] == "ok"}
+    for row in rows:
+        ref = sdpa.get((row["seq_len"], row["phase"]), {}) if row["status"] == "ok" else {}
+        row["ratio_time_vs_sdpa"] = _ratio(row.get("time_ms"), ref.get("time_ms"))
+        row["ratio_mem_vs_sdpa"] = _ratio(row.get("peak_mem_mib"), ref.get("peak_mem_mib"))
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, object]]) -> None:
+    """Atomic rewrite with the COLUMNS header; missing values are empty cells."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def run_attention_bench(config: BenchConfig, out: Path, log: Callable[[str], None] = print) -> list[dict[str, object]]:
+    """Every (L ascending, phase, impl) cell, in that order so a killed run has all impls at small L.
+
+    Skips: an impl that is unavailable is not retried; after an OOM the larger L of that impl and
+    phase are not run (a train OOM says nothing about inference, so phases are tracked apart).
+    """
+    device = resolve_device(config.device)
+    common = {"batch_size": config.batch_size, "dtype": config.dtype, "device": device_name(device),
+              "torch": torch.__version__, "triton": _triton_version()}
+    skipped: dict[tuple[str, str], str] = {}
+    rows: list[dict[str, object]] = []
+    cells = [(L, p, i) for L in sorted(set(config.seq_lens)) for p in config.phases for i in config.impls]
+    for n, (seq_len, phase, impl) in enumerate(cells, 1):
+        known = skipped.get((impl, phase))
+        result = {"status": known} if known else run_cell(config, impl, seq_len, phase, device)
+        status = str(result["status"])
+        if status.startswith("unavailable"):
+            skipped.update({(impl, p): status for p in config.phases})
+        elif status == "oom":
+            skipped[(impl, phase)] = OOM_SKIPPED
+        rows.append({"impl": impl, "seq_len": seq_len, "phase": phase, **common, **result})
+        add_ratios(rows)
+        write_csv(out, rows)
+        numbers = ""
+        if status == "ok":
+            mem = result["peak_mem_mib"]
+            numbers = f"{result['time_ms']:.3f} ms" + (f", {mem} MiB" if isinstance(mem, float) else "")
+        log(f"[{n}/{len(cells)}] {impl:<17} L={seq_len:<5} {phase:<5} {status} {numbers}".rstrip())
+    return rows
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def plot_bench(csv_path: Path, out_dir: Path) -> list[Path]:
+    """Time and memory vs L (log-log), train and infer panels, one line per impl, OOM as an x at the top.
+
+    Writes <csv stem>_time.{png,svg} and <csv stem>_memory.{png,svg}; returns their paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise BlossomError(f"{csv_path} has no rows to plot")
+    described = {key: ", ".join(sorted({r[key] for r in rows})) for key in ("device", "dtype", "batch_size")}
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    seq_lens = sorted({int(r["seq_len"]) for r in rows})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for metric, label, name in (("time_ms", "time per call (ms)", "time"), ("peak_mem_mib", "peak memory (MiB)", "memory")):
+        fig, axes = plt.subplots(1, len(PHASES), figsize=(11, 4.2), squeeze=False)
+        for ax, phase in zip(axes[0], PHASES):
+            has_data = False
+            for color, impl in enumerate(impls):  # one colour per impl in every panel
+                cells = [r for r in rows if r["impl"] == impl and r["phase"] == phase]
+                points = sorted((int(r["seq_len"]), v) for r in cells
+                                if r["status"] == "ok" and (v := _number(r[metric])) is not None and v > 0)
+                ooms = [int(r["seq_len"]) for r in cells if r["status"] == "oom"]
+                if not points and not ooms:
+                    continue
+                has_data |= bool(points)
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{color}", label=impl)
+                if ooms:  # at the panel's top edge: an OOM has no value to place on the y axis
+                    ax.plot(ooms, [0.96] * len(ooms), "x", color=f"C{color}", markersize=10, mew=2,
+                            transform=ax.get_xaxis_transform(), label=f"{impl} OOM")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(seq_lens, [str(L) for L in seq_lens])
+            ax.minorticks_off()
+            if has_data:
+                ax.set_yscale("log")
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "no numeric data", ha="center", va="center", transform=ax.transAxes)
+            ax.set(title=phase, xlabel="sequence length L", ylabel=label)
+            ax.grid(True, which="both", alpha=0.3)
+        fig.suptitle(f"one attention layer: {described['device']}, {described['dtype']}, batch {described['batch_size']}")
+        fig.tight_layout()
+        for suffix in ("png", "svg"):
+            path = out_dir / f"{csv_path.stem}_{name}.{suffix}"
+            fig.savefig(path, dpi=120)
+            written.append(path)
+        plt.close(fig)
+    return written

@@ -1,0 +1,70 @@
+"""`blossom bench attention|plot`: the attention microbenchmark and its plots (blossom/bench.py).
+
+Options left out take their value from the FULL preset (the paper-scale GPU run) or, with --quick,
+the QUICK preset (a few seconds on a CPU); names and values are validated in blossom.bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bench attention` and `bench plot` (argparse only: torch is imported by the handlers)."""
+    bench = subparsers.add_parser("bench", help="attention microbenchmark across sequence lengths")
+    commands = bench.add_subparsers(dest="bench_command", required=True)
+
+    attention = commands.add_parser("attention", help="time and memory of one attention layer per implementation")
+    attention.add_argument("--quick", action="store_true", help="small CPU-sized preset (L 32 64, batch 2, fp32)")
+    attention.add_argument("--seq-lens", dest="seq_lens", type=int, nargs="+", help="default 200 512 1024 2048 4096 8192")
+    attention.add_argument("--batch-size", dest="batch_size", type=int, help="default 64")
+    attention.add_argument("--hidden", type=int, help="model width D (default 128)")
+    attention.add_argument("--heads", type=int, help="query heads (default 8)")
+    attention.add_argument("--kv-heads", dest="kv_heads", type=int, help="BlossomRec/flex kv heads (default 2)")
+    attention.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
+    attention.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa flex (default all)")
+    attention.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
+    attention.add_argument("--repeats", type=int, help="timed repetitions, median reported (default 20)")
+    attention.add_argument("--warmup", type=int, help="untimed repetitions first (default 5)")
+    attention.add_argument("--device", help="auto | cuda | cpu (default auto)")
+    attention.add_argument("--out", type=Path, help="CSV (default results/bench/attention_<device-slug>.csv)")
+    attention.add_argument("--plots", type=Path, help="also write the plots into this folder")
+    attention.set_defaults(func=run_attention)
+
+    plot = commands.add_parser("plot", help="plots of an attention benchmark CSV")
+    plot.add_argument("--csv", type=Path, required=True, help="a CSV written by `blossom bench attention`")
+    plot.add_argument("--out", type=Path, required=True, help="folder for the PNG and SVG files")
+    plot.set_defaults(func=run_plot)
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    """Run the benchmark; failed cells are statuses in the CSV, so the exit code is 0 once it is written."""
+    from blossom import bench
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(bench.BenchConfig) if getattr(args, f.name, None) is not None}
+    config = bench.make_config(args.quick, **overrides)
+    out = args.out or bench.default_out(config.device)
+    rows = bench.run_attention_bench(config, out)
+    counts = Counter(str(r["status"]).split(":")[0] for r in rows)
+    print(f"wrote {out} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
+    if args.plots:
+        _print_written(bench.plot_bench(out, args.plots))
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Plot an existing CSV (e.g. one fetched from a GPU machine)."""
+    from blossom import bench
+    from blossom.errors import BlossomError
+
+    if not args.csv.is_file():
+        raise BlossomError(f"no such CSV: {args.csv}")
+    _print_written(bench.plot_bench(args.csv, args.out))
+    return 0
+
+
+def _print_written(paths: list[Path]) -> None:
+    print("wrote " + " ".join(str(p) for p in paths))

@@ -1,0 +1,1 @@
+"""Kernel tests: Triton kernels against the reference (interpreted on CPU, compiled on GPU)."""

@@ -1,0 +1,217 @@
+"""LTIS Triton kernels (blossom/attention/ltis_triton.py) against the reference.
+
+Selection: the kernel's top-n equals reference.select_blocks(block_importance(...)) up to swaps
+of blocks whose probabilities agree to 1e-6 (rounding can order near-ties either way), plus
+hand-built cases with a known answer. Attention: output and dq, dk, dv against the reference
+given the same block_idx (with -1 slots), with the flash-attention tolerance rule
+(tolerance.py); right-padded positions get exact zeros and no gradient; NaN in padded k/v never
+reaches anything. CPU cases run in the Triton interpreter (small shapes: it is slow); the gpu
+set (`pytest -m gpu` on a CUDA machine) draws 60 random shapes up to L = 4097.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+from torch import Tensor
+
+from blossom.attention import ltis_triton, reference
+from blossom.attention.ltis_triton import ltis_attention, select_blocks
+
+from .cases import BF16, F16, F32, check_branch, check_padding_never_read, gpu_case, inputs, needs_cuda
+
+SCALE = 0.25
+
+
+# ------------------------------------------------------------------------------------------
+# Selection
+# ------------------------------------------------------------------------------------------
+
+
+def assert_same_selection(got: Tensor, q: Tensor, ck: Tensor, num_selected: int) -> None:
+    """got equals the reference selection, except in slots where both picks' probabilities agree
+    to 1e-6 relative (an unused slot counts as probability KEEP_PROB)."""
+    importance = reference.block_importance(q, ck, SCALE)
+    want = reference.select_blocks(importance, num_selected)
+    assert got.shape == want.shape and not got.is_floating_point()
+    got = got.long()
+    if torch.equal(got, want):
+        return
+    null = importance.new_full(importance.shape[:-1] + (1,), reference.NULL_LOGIT)
+    probs = torch.softmax(torch.cat([importance, null], dim=-1), dim=-1).double()
+
+    def prob_of(idx: Tensor) -> Tensor:
+        return torch.where(idx >= 0, probs.gather(-1, idx.clamp(min=0)), reference.KEEP_PROB)
+
+    differ = got != want
+    p_got, p_want = prob_of(got)[differ], prob_of(want)[differ]
+    rel = (p_got - p_want).abs() / torch.maximum(p_got, p_want)
+    assert rel.max() <= 1e-6, f"{differ.sum()} slots differ, worst relative probability gap {rel.max():.3g}"
+
+
+# (B, H, G, L, d), num_selected
+SELECT_CASES = [
+    ((1, 2, 1, 1, 16), 4),
+    ((2, 4, 2, 15, 16), 4),
+    ((2, 4, 2, 16, 16), 4),
+    ((2, 4, 2, 17, 16), 4),
+    ((2, 4, 2, 100, 16), 4),
+    ((1, 4, 2, 300, 16), 4),
+    ((1, 4, 2, 300, 16), 1),
+    ((1, 6, 2, 130, 32), 6),  # group of 3, d = 32, more slots than the default
+    ((1, 8, 8, 90, 64), 3),
+    ((1, 2, 1, 70, 8), 4),  # d = 8: padded to 16 in-kernel
+]
+
+
+@pytest.mark.parametrize(("shape", "num_selected"), SELECT_CASES)
+def test_select_matches_reference(shape, num_selected) -> None:
+    b, h, g, length, d = shape
+    gen = torch.Generator().manual_seed(length)
+    q = torch.randn(b, h, length, d, generator=gen)
+    ck = torch.randn(b, g, length // reference.BLOCK, d, generator=gen)
+    assert_same_selection(select_blocks(q, ck, SCALE, num_selected), q, ck, num_selected)
+
+
+def test_select_merges_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-block chunks: the running top-n is merged across 3 chunks (nb = 37), inputs strided."""
+    monkeypatch.setattr(ltis_triton, "_select_tiles", lambda length, num_blocks: (64, 16))
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 600, 4, 16, generator=gen).transpose(1, 2)
+    ck = torch.randn(1, 16, 37, 2, generator=gen).permute(0, 3, 2, 1)
+    assert_same_selection(select_blocks(q, ck, SCALE, 4), q, ck, 4)
+
+
+def _aligned(length: int, hot_block: int, hot_logit: float) -> tuple[Tensor, Tensor]:
+    """q all e_0, ck all 0 except block hot_block = hot_logit / SCALE * e_0: every logit is 0
+    except that block's, identical for every query and head."""
+    num_blocks = length // reference.BLOCK
+    q = torch.zeros(1, 4, length, 16)
+    q[..., 0] = 1.0
+    ck = torch.zeros(1, 2, num_blocks, 16)
+    if hot_block >= 0:
+        ck[:, :, hot_block, 0] = hot_logit / SCALE
+    return q, ck
+
+
+def test_select_ties_go_to_lower_index() -> None:
+    q, ck = _aligned(100, -1, 0.0)
+    got = select_blocks(q, ck, SCALE, 4)
+    assert got[0, 0, 99].tolist() == [0, 1, 2, 3]  # 6 equal visible blocks
+    assert got[0, 1, 47].tolist() == [0, 1, -1, -1]  # block 2 ends at 47: not visible to 47
+    assert got[0, 1, 48].tolist() == [0, 1, 2, -1]
+    assert got[0, 0, 20].tolist() == [0, -1, -1, -1]
+    assert (got[0, :, :16] == -1).all()  # nothing visible before position 16
+
+
+def test_select_hot_block() -> None:
+    """A moderate winner leads and the rest follow by index; a huge one pushes every other
+    block under the keep threshold (probability e^-30 < 1e-10); before it is visible, it is not chosen."""
+    q, ck = _aligned(100, 3, 10.0)
+    got = select_blocks(q, ck, SCALE, 4)
+    assert got[0, 0, 64].tolist() == [3, 0, 1, 2]
+    assert got[0, 0, 63].tolist() == [0, 1, 2, -1]
+    q, ck = _aligned(100, 3, 30.0)
+    got = select_blocks(q, ck, SCALE, 4)
+    assert got[0, 1, 99].tolist() == [3, -1, -1, -1]
+    assert got[0, 1, 63].tolist() == [0, 1, 2, -1]
+
+
+def test_select_null_logit_wins() -> None:
+    """Logits far below the null logit (-1e3): every probability is ~e^-1000, so no slot is kept."""
+    q, ck = _aligned(64, -1, 0.0)
+    ck[..., 0] = -2000.0 / SCALE
+    assert (select_blocks(q, ck, SCALE, 4) == -1).all()
+
+
+def test_select_short_sequences() -> None:
+    """L < 16: no blocks, n = 0 columns. L = 17: one block, visible only to position 16."""
+    q = torch.randn(2, 4, 15, 16)
+    assert select_blocks(q, torch.zeros(2, 2, 0, 16), SCALE, 4).shape == (2, 2, 15, 0)
+    q, ck = _aligned(17, -1, 0.0)
+    got = select_blocks(q, ck, SCALE, 4)
+    assert got.shape == (1, 2, 17, 1)
+    assert got[0, :, 16, 0].tolist() == [0, 0] and (got[0, :, :16] == -1).all()
+
+
+# ------------------------------------------------------------------------------------------
+# Attention
+# ------------------------------------------------------------------------------------------
+
+
+def make_block_idx(q: Tensor, num_kv: int, num_selected: int, drop: float, seed: int) -> Tensor:
+    """A realistic selection (reference top-n of random compressed keys) with a fraction `drop`
+    of the slots then set to -1, anywhere in the row."""
+    b, _, length, d = q.shape
+    gen = torch.Generator(device=q.device).manual_seed(seed)
+    ck = torch.randn(b, num_kv, length // reference.BLOCK, d, generator=gen, device=q.device)
+    idx = reference.select_blocks(reference.block_importance(q.detach(), ck, SCALE), num_selected)
+    dropped = torch.rand(idx.shape, generator=gen, device=q.device) < drop
+    return idx.masked_fill(dropped, -1)
+
+
+def check_case(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
+    """The LTIS attention kernel against the reference on one shape, with random selections."""
+    qkv = inputs(shape, dtype, layout, device, seed)
+    block_idx = make_block_idx(qkv[0], shape[2], reference.NUM_SELECTED, drop=0.2, seed=seed)
+    check_branch(
+        lambda q, k, v, seq_len: ltis_attention(q, k, v, block_idx, SCALE, seq_len),
+        lambda q, k, v, seq_len: reference.ltis_attention(q, k, v, block_idx, SCALE, seq_len),
+        qkv, lengths, seed,
+    )
+
+
+# (B, H, G, L, d), dtype, layout, seq_len: L < 16 (own block only), L = 16 and 17 (one block),
+# selection that bites (L >= 80), a mostly-padded sequence, GQA 4:2, 2:1 and 3:1, d = 32.
+CPU_CASES = [
+    ((1, 2, 1, 1, 16), F32, "contiguous", None),
+    ((2, 4, 2, 15, 16), F16, "qkv", [15, 4]),
+    ((1, 2, 1, 16, 16), F32, "qkv", None),
+    ((2, 2, 1, 17, 16), F32, "contiguous", [17, 16]),
+    ((1, 4, 2, 50, 16), F16, "contiguous", None),
+    ((2, 4, 2, 100, 16), F32, "qkv", [100, 7]),
+    ((1, 6, 2, 40, 32), F32, "qkv", [33]),
+    ((1, 4, 2, 40, 16), BF16, "qkv", [35]),
+    ((1, 4, 2, 36, 8), F32, "contiguous", [30]),  # d = 8: padded to 16 in-kernel
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), CPU_CASES)
+def test_attention_matches_reference(shape, dtype, layout, lengths) -> None:
+    check_case(shape, dtype, layout, lengths, "cpu", seed=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_padding_is_never_read(device: str) -> None:
+    """NaN in the padded part of k and v reaches no valid output and no gradient."""
+    shape, lengths = (2, 4, 2, 48, 16), [48, 21]
+    block_idx = make_block_idx(inputs(shape, F32, "contiguous", device, seed=3)[0], 2, 4, drop=0.0, seed=3)
+    check_padding_never_read(lambda q, k, v, n: ltis_attention(q, k, v, block_idx, SCALE, n), shape, lengths, device)
+
+
+def test_rejects_badinputs() -> None:
+    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 3, 8, 16)
+    idx = torch.zeros(1, 2, 8, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match="GQA"):
+        ltis_attention(q, k, k, idx, SCALE)
+    with pytest.raises(ValueError, match="share"):
+        ltis_attention(q, q[:, :2].half(), q[:, :2].half(), idx, SCALE)
+    with pytest.raises(ValueError, match="block_idx"):
+        ltis_attention(q, q[:, :2], q[:, :2], idx.float(), SCALE)
+    wide = torch.zeros(1, 4, 8, 256)
+    with pytest.raises(ValueError, match="head dim"):
+        ltis_attention(wide, wide[:, :2], wide[:, :2], idx, SCALE)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(60))
+def test_gpu_random_shapes(index: int) -> None:
+    shape, dtype, layout, lengths = gpu_case(index, seed=1000)
+    b, h, g, length, d = shape
+    gen = torch.Generator(device="cuda").manual_seed(index)
+    q = torch.randn(b, h, length, d, generator=gen, device="cuda").to(dtype)
+    ck = torch.randn(b, g, length // reference.BLOCK, d, generator=gen, device="cuda").to(dtype)
+    assert_same_selection(select_blocks(q, ck, SCALE, 4), q, ck, 4)
+    check_case(shape, dtype, layout, lengths, "cuda", seed=index)

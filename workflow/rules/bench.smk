@@ -1,0 +1,24 @@
+# Attention microbenchmark: one layer per implementation across sequence lengths.
+
+BENCH = config.get("bench", {})
+
+
+rule bench_attention:
+    output:
+        csv=f"results/bench/attention_{BENCH.get('tag', 'local')}.csv",
+    log:
+        f"results/logs/bench/attention_{BENCH.get('tag', 'local')}.log",
+    params:
+        seq_lens=" ".join(map(str, BENCH.get("seq_lens", [200, 512, 1024, 2048, 4096, 8192]))),
+        impls=" ".join(BENCH.get("impls", ["blossom_triton", "blossom_reference", "naive", "sdpa", "flex"])),
+        batch_size=BENCH.get("batch_size", 64),
+        dtype=BENCH.get("dtype", "bf16"),
+        repeats=BENCH.get("repeats", 20),
+    resources:
+        gpu=GPUS_PER_JOB,
+    conda:
+        "../../envs/blossom.yaml"
+    shell:
+        "python -m blossom.cli bench attention --seq-lens {params.seq_lens} --impls {params.impls}"
+        " --batch-size {params.batch_size} --dtype {params.dtype} --repeats {params.repeats}"
+        " --out {output.csv} 2>&1 | tee {log}"
