@@ -40,6 +40,14 @@ def test_blossomrec_run_writes_a_complete_record(data_dir, tmp_path):
     assert not list(out.parent.glob("*.tmp")), "atomic write leaves no temp file"
 
 
+def test_both_evaluation_paths_timed(data_dir, tmp_path):
+    out = tmp_path / "timed.json"
+    record = train.run("ml-100k", "Pop", 20, 2020, TINY, str(data_dir), out, time_both_evals=True)
+    assert set(record["eval_time"]) == {"fast_s", "recbole_s"}
+    assert record["eval_time"]["fast_s"] == record["time"]["infer_s"]  # the record's own test evaluation
+    assert record["eval_time"]["recbole_s"] > 0
+
+
 def test_oom_becomes_an_oom_record(data_dir, tmp_path, monkeypatch):
     def explode(self, *args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
