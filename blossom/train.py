@@ -46,12 +46,13 @@ def is_oom(err: BaseException) -> bool:
 
 
 def recbole_settings(model: str, max_len: int, seed: int, settings: dict[str, Any], data_dir: str) -> dict[str, Any]:
-    """The config_dict RecBole gets: model yaml < suite settings < fixed ones of this run."""
+    """The config_dict RecBole gets: model yaml < suite settings < the name's fixed settings
+    (a variant stays itself whatever the shared settings say) < this run's own values."""
     spec = get_model(model)
     device = settings.get("device", "auto")
     return {
         **spec.settings(),
-        **{k: v for k, v in settings.items() if k not in ("device", "fixed")},
+        **{k: v for k, v in settings.items() if k != "device"},
         **FIXED_RECBOLE,
         **spec.fixed,
         "data_path": str(Path(data_dir).resolve()),
