@@ -51,7 +51,7 @@ def recbole_settings(model: str, max_len: int, seed: int, settings: dict[str, An
     spec = get_model(model)
     device = settings.get("device", "auto")
     return {
-        **spec.settings(),
+        **spec.yaml_defaults(),
         **{k: v for k, v in settings.items() if k != "device"},
         **FIXED_RECBOLE,
         **spec.fixed,
@@ -165,13 +165,14 @@ def _time_both_evals(trainer: BlossomTrainer, test_data, this_path_s: float, dev
     (the best checkpoint is already loaded; the other path runs once more)."""
     from blossom.measure import Measure
 
-    trainer.fast_eval = not trainer.fast_eval
+    used_fast = trainer.fast_eval
+    trainer.fast_eval = not used_fast
     try:
         with Measure(device) as other:
             trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     finally:
-        trainer.fast_eval = not trainer.fast_eval
-    fast, recbole = (this_path_s, other.wall_s) if trainer.fast_eval else (other.wall_s, this_path_s)
+        trainer.fast_eval = used_fast
+    fast, recbole = (this_path_s, other.wall_s) if used_fast else (other.wall_s, this_path_s)
     return {"fast_s": round(fast, 4), "recbole_s": round(recbole, 4)}
 
 

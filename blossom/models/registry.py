@@ -31,12 +31,11 @@ class ModelSpec:
         module, name = self.target.split(":")
         return getattr(importlib.import_module(module), name)
 
-    def settings(self) -> dict[str, Any]:
-        """yaml defaults overlaid with the fixed settings of this name."""
-        base: dict[str, Any] = {}
-        if self.defaults:
-            base = yaml.safe_load((MODEL_DIR / self.defaults).read_text()) or {}
-        return {**base, **self.fixed}
+    def yaml_defaults(self) -> dict[str, Any]:
+        """The model's yaml defaults ({} for RecBole built-ins, which RecBole loads itself)."""
+        if not self.defaults:
+            return {}
+        return yaml.safe_load((MODEL_DIR / self.defaults).read_text()) or {}
 
 
 _RECBOLE_SEQ = "recbole.model.sequential_recommender"
