@@ -16,6 +16,12 @@ weights and casts per op; native is what a bf16 model holds).
 
 Phases: "train" = forward + backward of out.float().square().mean() with the input requiring grad
 (grads set to None between repetitions); "infer" = forward under torch.no_grad().
+
+Modes: "eager" launches every op from Python each repetition, as a training loop does; at short L
+the GPU then idles between small kernels and the time is the host's. "cuda_graph" captures the
+whole repetition (forward, and backward for train) once after warm-up and replays it, for every
+impl alike: the time is the GPU's work, what a graphed (static-shape) training step would pay.
+An impl whose code cannot be captured (host syncs, host-to-device copies) gets an error status.
 Time is the median over `repeats` repetitions after `warmup` (CUDA events on GPU, perf_counter on
 CPU). peak_mem_mib is torch.cuda.max_memory_allocated over the timed repetitions minus what was
 allocated before them (parameters, inputs, masks): the working memory of the layer. nvml_peak_mib is
@@ -32,6 +38,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import itertools
 import re
 import statistics
 import time
@@ -51,10 +58,11 @@ from blossom.measure import MIB, Measure
 
 IMPLS = ("blossom_triton", "blossom_reference", "naive", "sdpa", "flex")
 PHASES = ("train", "infer")
+MODES = ("eager", "cuda_graph")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEVICES = ("auto", "cuda", "cpu")
 COLUMNS = ("impl", "seq_len", "batch_size", "phase", "dtype", "time_ms", "peak_mem_mib", "nvml_peak_mib",
-           "status", "device", "ratio_time_vs_sdpa", "ratio_mem_vs_sdpa", "torch", "triton")
+           "status", "device", "mode", "ratio_time_vs_sdpa", "ratio_mem_vs_sdpa", "torch", "triton")  # DESIGN 7's first ten
 OOM_SKIPPED = "oom (skipped after smaller L)"
 FLEX_BLOCK = 64  # the block size the DESIGN section 4 Flex/STIS anchor used
 
@@ -71,12 +79,13 @@ class BenchConfig:
     dtype: str = "bf16"
     impls: tuple[str, ...] = IMPLS
     phases: tuple[str, ...] = PHASES
+    modes: tuple[str, ...] = ("eager",)
     repeats: int = 20
     warmup: int = 5
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name, values, allowed in (("impl", self.impls, IMPLS), ("phase", self.phases, PHASES),
+        for name, values, allowed in (("impl", self.impls, IMPLS), ("phase", self.phases, PHASES), ("mode", self.modes, MODES),
                                       ("dtype", (self.dtype,), tuple(DTYPES)), ("device", (self.device,), DEVICES)):
             unknown = [v for v in values if v not in allowed]
             if unknown:
@@ -273,8 +282,31 @@ def _time_ms(step: Callable[[], None], reset: Callable[[], None], repeats: int, 
     return [start.elapsed_time(end) for start, end in events]
 
 
-def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device) -> dict[str, object]:
-    """Time and memory of one (impl, L, phase); raises on failure (run_cell turns that into a status)."""
+def _capture(step: Callable[[], None], reset: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """One repetition captured as a CUDA graph (after a side-stream warm-up): returns its replay.
+
+    Gradients are set to None right before capture, so the captured backward allocates them in the
+    graph's pool and every replay overwrites them (no accumulation, no reset between replays).
+    """
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # the warm-up torch.cuda.graph asks for
+        step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device,
+                 mode: str = "eager") -> dict[str, object]:
+    """Time and memory of one (impl, L, phase, mode); raises on failure (run_cell turns that into a status).
+
+    In cuda_graph mode the memory columns cover the capture, whose private pool holds the
+    repetition's working memory, and the replays (which allocate nothing).
+    """
     torch.manual_seed(0)
     dtype = DTYPES[config.dtype]
     module = BUILDERS[impl](config, seq_len, device).to(device=device, dtype=dtype)
@@ -290,6 +322,10 @@ def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, devic
         torch.cuda.synchronize(device)
     held = torch.cuda.memory_allocated(device) if on_gpu else 0
     with Measure(device) as measure:
+        if mode == "cuda_graph":
+            if not on_gpu:
+                raise Unavailable("CUDA graphs need a CUDA device")
+            step, reset = _capture(step, reset, device), lambda: None
         times = _time_ms(step, reset, config.repeats, device)
     result = measure.result()
     peak = result["torch_peak_allocated_mib"]
@@ -305,10 +341,11 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device) -> dict[str, object]:
+def run_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device,
+             mode: str = "eager") -> dict[str, object]:
     """measure_cell with every failure turned into a status; memory is released either way."""
     try:
-        result = measure_cell(config, impl, seq_len, phase, device)
+        result = measure_cell(config, impl, seq_len, phase, device, mode)
     except Unavailable as err:
         result = {"status": f"unavailable: {err}"}
     except Exception as err:  # one cell must never end the run
@@ -324,10 +361,11 @@ def _ratio(value: object, reference: object) -> float | str:
 
 
 def add_ratios(rows: list[dict[str, object]]) -> None:
-    """Fill ratio_*_vs_sdpa from the ok sdpa row of the same L and phase ("" where there is none)."""
-    sdpa = {(r["seq_len"], r["phase"]): r for r in rows if r["impl"] == "sdpa" and r["status"] == "ok"}
+    """Fill ratio_*_vs_sdpa from the ok sdpa row of the same L, phase and mode ("" where there is none)."""
+    key = lambda r: (r["seq_len"], r["phase"], r.get("mode", "eager"))  # noqa: E731
+    sdpa = {key(r): r for r in rows if r["impl"] == "sdpa" and r["status"] == "ok"}
     for row in rows:
-        ref = sdpa.get((row["seq_len"], row["phase"]), {}) if row["status"] == "ok" else {}
+        ref = sdpa.get(key(row), {}) if row["status"] == "ok" else {}
         row["ratio_time_vs_sdpa"] = _ratio(row.get("time_ms"), ref.get("time_ms"))
         row["ratio_mem_vs_sdpa"] = _ratio(row.get("peak_mem_mib"), ref.get("peak_mem_mib"))
 
@@ -350,33 +388,34 @@ def _triton_version() -> str:
 
 
 def run_attention_bench(config: BenchConfig, out: Path, log: Callable[[str], None] = print) -> list[dict[str, object]]:
-    """Every (L ascending, phase, impl) cell, in that order so a killed run has all impls at small L.
+    """Every (L ascending, phase, mode, impl) cell, in that order so a killed run has all impls at small L.
 
-    Skips: an impl that is unavailable is not retried; after an OOM the larger L of that impl and
-    phase are not run (a train OOM says nothing about inference, so phases are tracked apart).
+    Skips: an impl that is unavailable is not retried; after an OOM the larger L of that impl, phase
+    and mode are not run (a train OOM says nothing about inference, so phases are tracked apart).
     """
     device = resolve_device(config.device)
     common = {"batch_size": config.batch_size, "dtype": config.dtype, "device": device_name(device),
               "torch": torch.__version__, "triton": _triton_version()}
-    skipped: dict[tuple[str, str], str] = {}
+    skipped: dict[tuple[str, str, str], str] = {}
     rows: list[dict[str, object]] = []
-    cells = [(L, p, i) for L in sorted(set(config.seq_lens)) for p in config.phases for i in config.impls]
-    for n, (seq_len, phase, impl) in enumerate(cells, 1):
-        known = skipped.get((impl, phase))
-        result = {"status": known} if known else run_cell(config, impl, seq_len, phase, device)
+    cells = [(L, p, m, i) for L in sorted(set(config.seq_lens)) for p in config.phases for m in config.modes
+             for i in config.impls]
+    for n, (seq_len, phase, mode, impl) in enumerate(cells, 1):
+        known = skipped.get((impl, phase, mode))
+        result = {"status": known} if known else run_cell(config, impl, seq_len, phase, device, mode)
         status = str(result["status"])
         if status.startswith("unavailable"):
-            skipped.update({(impl, p): status for p in config.phases})
+            skipped.update({(impl, p, mode): status for p in config.phases})
         elif status == "oom":
-            skipped[(impl, phase)] = OOM_SKIPPED
-        rows.append({"impl": impl, "seq_len": seq_len, "phase": phase, **common, **result})
+            skipped[(impl, phase, mode)] = OOM_SKIPPED
+        rows.append({"impl": impl, "seq_len": seq_len, "phase": phase, "mode": mode, **common, **result})
         add_ratios(rows)
         write_csv(out, rows)
         numbers = ""
         if status == "ok":
             mem = result["peak_mem_mib"]
             numbers = f"{result['time_ms']:.3f} ms" + (f", {mem} MiB" if isinstance(mem, float) else "")
-        log(f"[{n}/{len(cells)}] {impl:<17} L={seq_len:<5} {phase:<5} {status} {numbers}".rstrip())
+        log(f"[{n}/{len(cells)}] {impl:<17} L={seq_len:<5} {phase:<5} {mode:<10} {status} {numbers}".rstrip())
     return rows
 
 
@@ -388,7 +427,8 @@ def _number(text: str) -> float | None:
 
 
 def plot_bench(csv_path: Path, out_dir: Path) -> list[Path]:
-    """Time and memory vs L (log-log), train and infer panels, one line per impl, OOM as an x at the top.
+    """Time and memory vs L (log-log), train and infer panels, one line per impl and mode (CUDA graph
+    dashed), OOM as an x at the top.
 
     Writes <csv stem>_time.{png,svg} and <csv stem>_memory.{png,svg}; returns their paths.
     """
@@ -403,6 +443,7 @@ def plot_bench(csv_path: Path, out_dir: Path) -> list[Path]:
         raise BlossomError(f"{csv_path} has no rows to plot")
     described = {key: ", ".join(sorted({r[key] for r in rows})) for key in ("device", "dtype", "batch_size")}
     impls = list(dict.fromkeys(r["impl"] for r in rows))
+    modes = list(dict.fromkeys(r.get("mode", "eager") for r in rows))
     seq_lens = sorted({int(r["seq_len"]) for r in rows})
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -410,18 +451,20 @@ def plot_bench(csv_path: Path, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(PHASES), figsize=(11, 4.2), squeeze=False)
         for ax, phase in zip(axes[0], PHASES):
             has_data = False
-            for color, impl in enumerate(impls):  # one colour per impl in every panel
-                cells = [r for r in rows if r["impl"] == impl and r["phase"] == phase]
+            for (color, impl), mode in itertools.product(enumerate(impls), modes):  # colour = impl, dashes = graph
+                cells = [r for r in rows if r["impl"] == impl and r["phase"] == phase and r.get("mode", "eager") == mode]
                 points = sorted((int(r["seq_len"]), v) for r in cells
                                 if r["status"] == "ok" and (v := _number(r[metric])) is not None and v > 0)
                 ooms = [int(r["seq_len"]) for r in cells if r["status"] == "oom"]
                 if not points and not ooms:
                     continue
                 has_data |= bool(points)
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{color}", label=impl)
+                series = impl if mode == "eager" else f"{impl} (CUDA graph)"
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{color}", label=series,
+                        linestyle="-" if mode == "eager" else "--")
                 if ooms:  # at the panel's top edge: an OOM has no value to place on the y axis
                     ax.plot(ooms, [0.96] * len(ooms), "x", color=f"C{color}", markersize=10, mew=2,
-                            transform=ax.get_xaxis_transform(), label=f"{impl} OOM")
+                            transform=ax.get_xaxis_transform(), label=f"{series} OOM")
             ax.set_xscale("log", base=2)
             ax.set_xticks(seq_lens, [str(L) for L in seq_lens])
             ax.minorticks_off()

@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attention.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
     attention.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa flex (default all)")
     attention.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
+    attention.add_argument("--modes", nargs="+", help="eager and/or cuda_graph (whole repetition replayed; default eager)")
     attention.add_argument("--repeats", type=int, help="timed repetitions, median reported (default 20)")
     attention.add_argument("--warmup", type=int, help="untimed repetitions first (default 5)")
     attention.add_argument("--device", help="auto | cuda | cpu (default auto)")

@@ -8,6 +8,7 @@ never as zeros; the process RSS peak is always recorded.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 from types import ModuleType
 from typing import Any
@@ -59,6 +60,7 @@ class Measure:
         self._thread: threading.Thread | None = None
         self._handle: Any = None
         self._nvml_peak = self._nvml_baseline = 0
+        self._torch_peaks = (0, 0)  # (allocated, reserved) bytes, read when the block ends
         self._rss_peak = 0
         self._start = self.wall_s = 0.0
 
@@ -95,6 +97,8 @@ class Measure:
     def __exit__(self, *exc: object) -> None:
         if self.on_gpu:
             torch.cuda.synchronize(self.device)
+            # frozen now: a later Measure resets torch's peak counters, and result() may come after it
+            self._torch_peaks = (torch.cuda.max_memory_allocated(self.device), torch.cuda.max_memory_reserved(self.device))
         self.wall_s = time.perf_counter() - self._start
         self._stop.set()
         self._thread.join()
@@ -104,8 +108,8 @@ class Measure:
         """Seconds and MiB; GPU fields are a sentence, not a number, when there is no NVIDIA GPU."""
         out: dict[str, float | str] = {"wall_s": round(self.wall_s, 4), "rss_peak_mib": round(self._rss_peak / MIB, 1)}
         if self.on_gpu:
-            out["torch_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / MIB, 1)
-            out["torch_peak_reserved_mib"] = round(torch.cuda.max_memory_reserved(self.device) / MIB, 1)
+            out["torch_peak_allocated_mib"] = round(self._torch_peaks[0] / MIB, 1)
+            out["torch_peak_reserved_mib"] = round(self._torch_peaks[1] / MIB, 1)
         else:
             out["torch_peak_allocated_mib"] = out["torch_peak_reserved_mib"] = NO_GPU
         if self._handle is not None:
@@ -137,8 +141,12 @@ def environment() -> dict[str, str]:
         if nvml is not None:
             info["driver"] = str(nvml.nvmlSystemGetDriverVersion())
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        info["commit"] = commit.stdout.strip() or "unknown"
+        here = Path(__file__).parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "blossom"],
+                                 capture_output=True, text=True, timeout=5, cwd=here.parent)
+        # "+dirty": the code that ran differs from the commit (edited or new files in the package)
+        info["commit"] = (commit.stdout.strip() or "unknown") + ("+dirty" if changed.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         info["commit"] = "unknown"
     return info

@@ -63,6 +63,51 @@ def test_ratios_are_against_sdpa_of_same_length_and_phase(tmp_path: Path) -> Non
         assert row["ratio_mem_vs_sdpa"] == ""  # no GPU memory numbers on CPU
 
 
+def test_cuda_graph_mode_has_its_own_rows_and_ratios(tmp_path: Path) -> None:
+    """Without CUDA the graph rows say why; eager rows are unaffected and take eager sdpa as base."""
+    rows = run(tmp_path, impls=["naive", "sdpa"], phases=["infer"], modes=["eager", "cuda_graph"])
+    assert [(r["seq_len"], r["mode"]) for r in rows] == [("16", "eager")] * 2 + [("16", "cuda_graph")] * 2 + \
+        [("24", "eager")] * 2 + [("24", "cuda_graph")] * 2
+    for row in rows:
+        if row["mode"] == "eager":
+            assert row["status"] == "ok" and row["ratio_time_vs_sdpa"] != ""
+        else:
+            assert row["status"] == "unavailable: CUDA graphs need a CUDA device" and row["ratio_time_vs_sdpa"] == ""
+
+
+def test_ratio_is_taken_within_one_mode() -> None:
+    rows = [{"impl": i, "seq_len": 64, "phase": "train", "mode": m, "status": "ok", "time_ms": t, "peak_mem_mib": 1.0}
+            for i, m, t in (("sdpa", "eager", 2.0), ("sdpa", "cuda_graph", 1.0),
+                            ("naive", "eager", 4.0), ("naive", "cuda_graph", 4.0))]
+    bench.add_ratios(rows)
+    assert [r["ratio_time_vs_sdpa"] for r in rows] == [1.0, 1.0, 2.0, 4.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graph_replay_computes_what_eager_does() -> None:
+    """The captured Triton layer's replay gives the eager gradients: graph timings time the real work."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    module = bench.BUILDERS["blossom_triton"](bench.FULL, 300, device).to(device)
+    x = torch.randn(4, 300, 128, device=device, requires_grad=True)
+    lengths = torch.tensor([300, 120, 17, 1], device=device)
+    step, reset = bench._phase_step(module, x, lengths, "train")
+    reset()
+    step()
+    eager = [x.grad.clone()] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
+    replay = bench._capture(step, reset, device)
+    graphed = [x.grad] + [p.grad for p in module.parameters() if p.grad is not None]
+    assert len(graphed) == len(eager)
+    for _ in range(2):  # replays overwrite (no accumulation), and really compute: NaN is gone after
+        for grad in graphed:
+            grad.fill_(float("nan"))
+        replay()
+        torch.cuda.synchronize()
+        for want, got in zip(eager, graphed):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_memory_ratio_uses_numbers_only() -> None:
     rows = [{"impl": "sdpa", "seq_len": 8, "phase": "train", "status": "ok", "time_ms": 2.0, "peak_mem_mib": 10.0},
             {"impl": "naive", "seq_len": 8, "phase": "train", "status": "ok", "time_ms": 3.0, "peak_mem_mib": 25.0},
@@ -137,6 +182,8 @@ def test_bad_config_is_a_user_error() -> None:
         bench.make_config(impls=["sdpa", "flash3"])
     with pytest.raises(BlossomError, match="unknown dtype"):
         bench.make_config(dtype="int8")
+    with pytest.raises(BlossomError, match="unknown mode"):
+        bench.make_config(modes=["graph"])
     with pytest.raises(BlossomError, match="kv_heads"):
         bench.make_config(heads=8, kv_heads=3)
 

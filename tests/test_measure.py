@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import types
@@ -75,8 +76,28 @@ def test_nvml_peak_from_background_sampling(monkeypatch):
     assert result["torch_peak_reserved_mib"] == 3072
 
 
+def test_torch_peaks_are_those_of_the_block(monkeypatch):
+    """A block's torch peaks are fixed when it ends: a later block resets torch's counters (as the
+    test evaluation after training does), and reading the first result afterwards must not see them."""
+    peaks = {"allocated": 9000 * MIB}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: peaks.update(allocated=0))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peaks["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 10_000 * MIB)
+    fake = FakeNVML([500])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="abc"))
+    with Measure("cuda:0", nvml=fake) as train:
+        peaks["allocated"] = 9000 * MIB
+    with Measure("cuda:0", nvml=fake) as infer:
+        peaks["allocated"] = 160 * MIB
+    assert train.result()["torch_peak_allocated_mib"] == 9000
+    assert infer.result()["torch_peak_allocated_mib"] == 160
+
+
 def test_environment_names_versions():
     env = measure.environment()
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?|unknown", env["commit"]), env["commit"]
     assert env["torch"] == torch.__version__
     assert env["recbole"] == "1.2.1"
     assert env["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())

@@ -126,8 +126,11 @@ def _planned_jobs(*args: str) -> tuple[dict[str, int], str]:
     return {name: int(n) for name, n in counts.items()}, out
 
 
-def test_paper_profile_plans_every_dataset_and_model_through_slurm():
-    counts, out = _planned_jobs("--profile", str(ROOT / "workflow/profiles/slurm"))
+def test_paper_profile_plans_every_dataset_and_model_through_slurm(tmp_path):
+    site = tmp_path / "site.yaml"  # an empty data folder: the plan must not depend on what this checkout holds
+    site.write_text(yaml.safe_dump({"data": {"dir": str(tmp_path / "data")}}))
+    counts, out = _planned_jobs("--profile", str(ROOT / "workflow/profiles/slurm"),
+                                "--configfile", str(ROOT / "workflow/config/paper.yaml"), str(site))
     # main 4 datasets x 9 models x 2 L = 72; efficiency adds 20 new runs, ablation 24
     assert counts["train"] == 116 and counts["prepare_dataset"] == 4
     for name in ("ml-1m", "amazon-beauty", "amazon-video-games", "gowalla", "Mamba4Rec", "LinRec", "BlossomRec-noSTIS"):

@@ -1,4 +1,4 @@
-"""The three attention primitives BlossomRec needs, behind one interface per backend.
+"""The primitives BlossomRec attention needs, behind one interface per backend.
 
 `torch` is the reference (reference.py). `triton` is the sparse kernels (triton_ops.py), used
 by default when CUDA is present. Every backend implements the same signatures:
@@ -6,6 +6,8 @@ by default when CUDA is present. Every backend implements the same signatures:
 - stis(q, k, v, scale, seq_len) -> [B, H, L, d]            (differentiable)
 - select(q, ck, scale, num_selected) -> [B, G, L, n] int   (no gradient; -1 = unused slot)
 - ltis(q, k, v, block_idx, scale, seq_len) -> [B, H, L, d] (differentiable in q, k, v)
+- split_heads(qkv, n_heads, kv_heads) -> q, k, v            (RoPE on q and k; differentiable)
+- gate(ltis, stis, gate_logits) -> [B, H, L, d]            (sigmoid-gated sum; differentiable)
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ BACKENDS = ("auto", "torch", "triton")
 
 @dataclass(frozen=True)
 class Backend:
-    """A named set of the three primitives."""
+    """A named set of the primitives."""
 
     name: str
     stis: Callable
     select: Callable
     ltis: Callable
+    split_heads: Callable
+    gate: Callable
 
 
 def _torch_select(q, ck, scale, num_selected):
@@ -36,7 +40,8 @@ def _torch_select(q, ck, scale, num_selected):
         return reference.select_blocks(reference.block_importance(q, ck, scale), num_selected)
 
 
-TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention)
+TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention,
+                reference.split_heads_rope, reference.gated_sum)
 
 
 def triton_available() -> bool:
@@ -54,4 +59,4 @@ def get_backend(name: str) -> Backend:
         return TORCH
     from blossom.attention import triton_ops
 
-    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis)
+    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis, triton_ops.split_heads, triton_ops.gate)

@@ -75,13 +75,7 @@ class BlossomAttention(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, L, D] -> q [B, H, L, d], k, v [B, G, L, d]; RoPE on q and k."""
-        b, length, _ = x.shape
-        d = self.head_dim
-        q, k, v = self.to_qkv(x).split([self.n_heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
-        q = q.view(b, length, self.n_heads, d).transpose(1, 2)
-        k = k.view(b, length, self.kv_heads, d).transpose(1, 2)
-        v = v.view(b, length, self.kv_heads, d).transpose(1, 2)
-        return reference.rope(q), reference.rope(k), v
+        return self.backend.split_heads(self.to_qkv(x), self.n_heads, self.kv_heads)
 
     def gates(self, x: Tensor) -> Tensor:
         """[B, L, 2H] gate values in (0, 1); channel 2h is LTIS of head h, 2h+1 STIS."""
@@ -130,7 +124,10 @@ class BlossomAttention(nn.Module):
             ltis = ops.ltis(q, k, v, block_idx, self.scale, seq_len)
         if self.branches in ("both", "stis"):
             stis = ops.stis(q, k, v, self.scale, seq_len)
-        out = reference.combine_gated(ltis, stis, self.gates(x))
+        if ltis is not None and stis is not None and self.fixed_gate is None:
+            out = ops.gate(ltis, stis, self.gate(x))
+        else:  # ablations: one branch, or constant gates
+            out = reference.combine_gated(ltis, stis, self.gates(x))
         if self.compressed and ltis is not None:
             out = out + self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
         return self.combine_heads(out.transpose(1, 2).flatten(2))

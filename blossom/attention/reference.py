@@ -28,16 +28,35 @@ KEEP_PROB = 1e-10  # a selected block is used only if its probability exceeds th
 LOCAL_WINDOW = 8  # STIS: offsets 0 .. LOCAL_WINDOW - 1, then powers of two
 
 
-def rope(x: Tensor, base: float = 10000.0) -> Tensor:
+ROPE_BASE = 10000.0
+
+
+def rope_tables(length: int, dim: int, device: torch.device | str, base: float = ROPE_BASE) -> tuple[Tensor, Tensor]:
+    """(cos, sin) [L, dim / 2] fp32 of the rotation angles pos * base^(-2m / dim): the one place
+    the angles are computed, so the RoPE kernel rotates by exactly the reference's angles."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    angle = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
+    return angle.cos(), angle.sin()
+
+
+def rope(x: Tensor, base: float = ROPE_BASE) -> Tensor:
     """Rotary embedding on interleaved pairs (x[2m], x[2m+1]) at positions 0..L-1, in fp32."""
     length, dim = x.shape[-2:]
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
-    angle = torch.arange(length, device=x.device, dtype=torch.float32)[:, None] * inv_freq
-    cos, sin = angle.cos(), angle.sin()
+    cos, sin = rope_tables(length, dim, x.device, base)
     pairs = x.float().unflatten(-1, (dim // 2, 2))
     x1, x2 = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)
+
+
+def split_heads_rope(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused projection's output qkv [B, L, (H + 2G) d] -> q [B, H, L, d], k, v [B, G, L, d],
+    with RoPE on q and k (not on v)."""
+    b, length, width = qkv.shape
+    d = width // (n_heads + 2 * kv_heads)
+    heads = qkv.view(b, length, n_heads + 2 * kv_heads, d).transpose(1, 2)
+    q, k, v = heads.split([n_heads, kv_heads, kv_heads], dim=1)
+    return rope(q), rope(k), v
 
 
 def stis_offsets(length: int) -> list[int]:
@@ -199,6 +218,11 @@ def combine_gated(ltis: Tensor | None, stis: Tensor | None, gates: Tensor) -> Te
     if stis is not None:
         out = out + gates[..., 1:2] * stis
     return out
+
+
+def gated_sum(ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
+    """Both branches through the learned gate: combine_gated with sigmoid(gate_logits [B, L, 2H])."""
+    return combine_gated(ltis, stis, torch.sigmoid(gate_logits))
 
 
 def default_scale(head_dim: int) -> float:

@@ -14,6 +14,7 @@ rule bench_attention:
         batch_size=BENCH.get("batch_size", 64),
         dtype=BENCH.get("dtype", "bf16"),
         repeats=BENCH.get("repeats", 20),
+        modes=" ".join(BENCH.get("modes", ["eager"])),
     resources:
         gpu=GPUS_PER_JOB,
     conda:
@@ -21,4 +22,5 @@ rule bench_attention:
     shell:
         "python -m blossom.cli bench attention --seq-lens {params.seq_lens} --impls {params.impls}"
         " --batch-size {params.batch_size} --dtype {params.dtype} --repeats {params.repeats}"
+        " --modes {params.modes}"
         " --out {output.csv} 2>&1 | tee {log}"

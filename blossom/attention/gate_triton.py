@@ -1,0 +1,138 @@
+"""The sigmoid gate that mixes the two branches, as one Triton kernel each way.
+
+Contract: reference.gated_sum(ltis, stis, gate_logits) = sigmoid(gl[2h]) * ltis_h +
+sigmoid(gl[2h + 1]) * stis_h. In PyTorch that is a sigmoid, a permute and four broadcast products
+forward, and their backward reductions over d (the [B, L, H, d] -> [B, L, H] sums autograd runs
+for the gates): seven launches and as many full passes over [B, L, H, d]. Here the forward reads
+each branch once and writes the mix; the backward reads dout and both branches once and writes
+both branch gradients and the gate-logit gradient (sigmoid derivative included).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from blossom.attention.triton_common import empty_blhd
+
+_ROWS = 16  # tokens per program
+
+
+@triton.jit
+def _tile(pid, n_tokens, length, heads, head_dim, ROWS: tl.constexpr, HEADS_P: tl.constexpr, D_P: tl.constexpr):
+    """Index vectors of one program's [ROWS, HEADS_P, D_P] tile: (token, batch, position, head,
+    column, element mask, (token, head) mask)."""
+    tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    h = tl.arange(0, HEADS_P)
+    e = tl.arange(0, D_P)
+    pair_ok = (tok < n_tokens)[:, None] & (h < heads)[None, :]
+    ok = pair_ok[:, :, None] & (e < head_dim)[None, None, :]
+    return tok, (tok // length).to(tl.int64), tok % length, h, e, ok, pair_ok
+
+
+@triton.jit
+def _ptrs(X, s_b, s_h, s_l, s_d, b, pos, h, e):
+    """[ROWS, HEADS_P, D_P] pointers into a [B, H, L, d] tensor of any strides."""
+    return X + (b * s_b + pos * s_l)[:, None, None] + (h * s_h)[None, :, None] + (e * s_d)[None, None, :]
+
+
+@triton.jit
+def _gates(GL, s_gt, s_gc, tok, h, pair_ok):
+    """sigmoid of the LTIS (channel 2h) and STIS (2h + 1) logits, [ROWS, HEADS_P] fp32."""
+    base = GL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
+    g_l = tl.sigmoid(tl.load(base, mask=pair_ok, other=0.0).to(tl.float32))
+    g_s = tl.sigmoid(tl.load(base + s_gc, mask=pair_ok, other=0.0).to(tl.float32))
+    return g_l, g_s
+
+
+@triton.jit
+def _gate_fwd(
+    LT, ST, GL, OUT,
+    sl_b, sl_h, sl_l, sl_d,
+    ss_b, ss_h, ss_l, ss_d,
+    so_b, so_h, so_l, so_d,
+    s_gt, s_gc, n_tokens, length, heads, head_dim,
+    ROWS: tl.constexpr, HEADS_P: tl.constexpr, D_P: tl.constexpr,
+):  # fmt: skip
+    tok, b, pos, h, e, ok, pair_ok = _tile(tl.program_id(0), n_tokens, length, heads, head_dim, ROWS, HEADS_P, D_P)
+    lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
+    st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
+    g_l, g_s = _gates(GL, s_gt, s_gc, tok, h, pair_ok)
+    out = g_l[:, :, None] * lt + g_s[:, :, None] * st
+    tl.store(_ptrs(OUT, so_b, so_h, so_l, so_d, b, pos, h, e), out.to(OUT.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _gate_bwd(
+    LT, ST, GL, DO, DLT, DST, DGL,
+    sl_b, sl_h, sl_l, sl_d,
+    ss_b, ss_h, ss_l, ss_d,
+    sdo_b, sdo_h, sdo_l, sdo_d,
+    sg_b, sg_h, sg_l, sg_d,
+    s_gt, s_gc, n_tokens, length, heads, head_dim,
+    ROWS: tl.constexpr, HEADS_P: tl.constexpr, D_P: tl.constexpr,
+):  # fmt: skip
+    """d ltis = g_l dout, d stis = g_s dout (DLT and DST share strides sg_*), and the logits'
+    gradient sum_d(dout * branch) * g (1 - g) into DGL (GL's strides)."""
+    tok, b, pos, h, e, ok, pair_ok = _tile(tl.program_id(0), n_tokens, length, heads, head_dim, ROWS, HEADS_P, D_P)
+    lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
+    st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(_ptrs(DO, sdo_b, sdo_h, sdo_l, sdo_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
+    g_l, g_s = _gates(GL, s_gt, s_gc, tok, h, pair_ok)
+    grad_ptrs = _ptrs(0, sg_b, sg_h, sg_l, sg_d, b, pos, h, e)
+    tl.store(DLT + grad_ptrs, (g_l[:, :, None] * do).to(DLT.dtype.element_ty), mask=ok)
+    tl.store(DST + grad_ptrs, (g_s[:, :, None] * do).to(DST.dtype.element_ty), mask=ok)
+    dgl = DGL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
+    tl.store(dgl, (tl.sum(do * lt, axis=2) * g_l * (1 - g_l)).to(DGL.dtype.element_ty), mask=pair_ok)
+    tl.store(dgl + s_gc, (tl.sum(do * st, axis=2) * g_s * (1 - g_s)).to(DGL.dtype.element_ty), mask=pair_ok)
+
+
+def _launch(b: int, length: int, heads: int, head_dim: int) -> tuple[tuple[int], dict[str, int]]:
+    meta = dict(ROWS=_ROWS, HEADS_P=triton.next_power_of_2(heads), D_P=triton.next_power_of_2(head_dim), num_warps=4)
+    return (triton.cdiv(b * length, _ROWS),), meta
+
+
+class _GatedSum(torch.autograd.Function):
+    """Saves both branches and the logits (no copies: they are the branch kernels' outputs)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
+        b, heads, length, d = ltis.shape
+        out = empty_blhd(ltis, heads)
+        gl = gate_logits.reshape(b * length, 2 * heads)
+        grid, meta = _launch(b, length, heads, d)
+        _gate_fwd[grid](
+            ltis, stis, gl, out, *ltis.stride(), *stis.stride(), *out.stride(), *gl.stride(),
+            b * length, length, heads, d, **meta,
+        )  # fmt: skip
+        ctx.save_for_backward(ltis, stis, gl)
+        ctx.logits_shape = gate_logits.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ltis, stis, gl = ctx.saved_tensors
+        b, heads, length, d = ltis.shape
+        dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
+        dgl = torch.empty_like(gl)
+        grid, meta = _launch(b, length, heads, d)
+        _gate_bwd[grid](
+            ltis, stis, gl, dout, dltis, dstis, dgl,
+            *ltis.stride(), *stis.stride(), *dout.stride(), *dltis.stride(), *gl.stride(),
+            b * length, length, heads, d, **meta,
+        )  # fmt: skip
+        return dltis, dstis, dgl.view(ctx.logits_shape)
+
+
+def gated_sum(ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
+    """Same contract as reference.gated_sum: ltis, stis [B, H, L, d] (any strides, one dtype),
+    gate_logits [B, L, 2H]. The output is [B, H, L, d] laid out as [B, L, H, d]."""
+    b, heads, length, _ = ltis.shape
+    if stis.shape != ltis.shape or gate_logits.shape != (b, length, 2 * heads) or stis.dtype != ltis.dtype:
+        raise ValueError(f"need ltis, stis [B, H, L, d] of one dtype and gate logits [B, L, 2H]; got "
+                         f"{tuple(ltis.shape)}, {tuple(stis.shape)}, {tuple(gate_logits.shape)}")
+    return _GatedSum.apply(ltis, stis, gate_logits)

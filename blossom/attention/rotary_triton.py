@@ -1,0 +1,160 @@
+"""Head split + RoPE as one Triton kernel each way: contract reference.split_heads_rope.
+
+The projection's output qkv [B, L, (H + 2G) d] is read once; q and k are rotated in fp32 by the
+reference's own cos/sin tables (reference.rope_tables, so the angles are bit-identical) and
+written, with v, as [B, L, heads, d] buffers seen as [B, heads, L, d] (the layout the attention
+kernels and the head merge read). In PyTorch the same step is ~15 elementwise ops with fp32
+copies per tensor, forward and backward: on an H100 at L = 4096 that glue cost more GPU time than
+the attention kernels. The backward applies the inverse rotation to dq, dk (any strides, as
+autograd hands them over) and writes dqkv in the projection's layout, dv copied in, so autograd
+needs no split/cat of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from blossom.attention import reference
+
+_ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
+_TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
+
+
+def _tables(length: int, dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Cached reference.rope_tables: built once per (L, d, device), outside any CUDA graph capture."""
+    key = (length, dim, str(device))
+    if key not in _TABLES:
+        _TABLES[key] = reference.rope_tables(length, dim, device)
+    return _TABLES[key]
+
+
+@triton.jit
+def _rotate(x, pos, COS, SIN, HALF: tl.constexpr, INVERSE: tl.constexpr):
+    """Rotate the interleaved pairs of x [ROWS, W] (heads of d = 2 HALF side by side) by the
+    angles of positions pos [ROWS]; INVERSE rotates back (the transpose, for the backward).
+    Every (pos, pair) indexes inside the tables, so their loads need no mask."""
+    rows: tl.constexpr = x.shape[0]
+    width: tl.constexpr = x.shape[1]
+    x1, x2 = tl.split(tl.reshape(x.to(tl.float32), [rows, width // 2, 2]))
+    table = pos[:, None] * HALF + (tl.arange(0, width // 2) % HALF)[None, :]
+    cos = tl.load(COS + table)
+    sin = tl.load(SIN + table)
+    if INVERSE:
+        sin = -sin
+    return tl.reshape(tl.join(x1 * cos - x2 * sin, x1 * sin + x2 * cos), [rows, width])
+
+
+@triton.jit
+def _split_part(SRC, s_src, DST, tok, pos, COS, SIN, n_tokens, width,
+                HALF: tl.constexpr, W_P: tl.constexpr, ROTATE: tl.constexpr):  # fmt: skip
+    """Columns [0, width) of the token rows at SRC (row stride s_src) -> DST [tokens, width], rotated if ROTATE."""
+    cols = tl.arange(0, W_P)
+    ok = (tok < n_tokens)[:, None] & (cols < width)[None, :]
+    tok64 = tok.to(tl.int64)[:, None]
+    x = tl.load(SRC + tok64 * s_src + cols[None, :], mask=ok, other=0.0)
+    if ROTATE:
+        x = _rotate(x, pos, COS, SIN, HALF, False)
+    tl.store(DST + tok64 * width + cols[None, :], x.to(DST.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rotary_fwd(
+    QKV, COS, SIN, Q, K, V, s_qkv, n_tokens, length, q_width, kv_width,
+    ROWS: tl.constexpr, HALF: tl.constexpr, QW_P: tl.constexpr, KVW_P: tl.constexpr,
+):  # fmt: skip
+    """Tokens [pid * ROWS, +ROWS) of qkv (row stride s_qkv, unit column stride) -> q, k, v
+    (contiguous [B, L, heads, d]), q and k rotated."""
+    tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    pos = tok % length
+    _split_part(QKV, s_qkv, Q, tok, pos, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
+    _split_part(QKV + q_width, s_qkv, K, tok, pos, COS, SIN, n_tokens, kv_width, HALF, KVW_P, True)
+    _split_part(QKV + q_width + kv_width, s_qkv, V, tok, pos, COS, SIN, n_tokens, kv_width, HALF, KVW_P, False)
+
+
+@triton.jit
+def _merge_part(G, s_b, s_h, s_l, s_d, DST, s_dst, tok, length, COS, SIN, n_tokens, width,
+                HALF: tl.constexpr, W_P: tl.constexpr, ROTATE: tl.constexpr):  # fmt: skip
+    """A [B, heads, L, d] gradient of any strides -> columns [0, width) of the rows at DST, rotated back if ROTATE."""
+    cols = tl.arange(0, W_P)
+    ok = (tok < n_tokens)[:, None] & (cols < width)[None, :]
+    pos = tok % length
+    row = (tok // length).to(tl.int64) * s_b + pos * s_l
+    x = tl.load(G + row[:, None] + ((cols // (2 * HALF)) * s_h + (cols % (2 * HALF)) * s_d)[None, :], mask=ok, other=0.0)
+    if ROTATE:
+        x = _rotate(x, pos, COS, SIN, HALF, True)
+    tl.store(DST + tok.to(tl.int64)[:, None] * s_dst + cols[None, :], x.to(DST.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rotary_bwd(
+    DQ, DK, DV, COS, SIN, DQKV,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    s_out, n_tokens, length, q_width, kv_width,
+    ROWS: tl.constexpr, HALF: tl.constexpr, QW_P: tl.constexpr, KVW_P: tl.constexpr,
+):  # fmt: skip
+    """dqkv of tokens [pid * ROWS, +ROWS): dq, dk rotated back, dv as is, in the projection's layout."""
+    tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    _merge_part(DQ, sq_b, sq_h, sq_l, sq_d, DQKV, s_out, tok, length, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
+    _merge_part(DK, sk_b, sk_h, sk_l, sk_d, DQKV + q_width, s_out, tok, length, COS, SIN, n_tokens, kv_width,
+                HALF, KVW_P, True)  # fmt: skip
+    _merge_part(DV, sv_b, sv_h, sv_l, sv_d, DQKV + q_width + kv_width, s_out, tok, length, COS, SIN, n_tokens,
+                kv_width, HALF, KVW_P, False)  # fmt: skip
+
+
+def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tuple[int], dict[str, int]]:
+    meta = dict(ROWS=_ROWS, HALF=d // 2, QW_P=triton.next_power_of_2(n_heads * d),
+                KVW_P=triton.next_power_of_2(kv_heads * d), num_warps=4)
+    return (triton.cdiv(n_tokens, _ROWS),), meta
+
+
+class _SplitHeadsRope(torch.autograd.Function):
+    """qkv [B, L, (H + 2G) d] -> rotated q [B, H, L, d], rotated k and v [B, G, L, d]."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+        b, length, width = qkv.shape
+        heads = n_heads + 2 * kv_heads
+        d = width // heads
+        rows = qkv.reshape(b * length, width)
+        if rows.stride(1) != 1:
+            rows = rows.contiguous()
+        cos, sin = _tables(length, d, qkv.device)
+        q, k, v = (qkv.new_empty(b, length, n, d) for n in (n_heads, kv_heads, kv_heads))
+        grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
+        _rotary_fwd[grid](rows, cos, sin, q, k, v, rows.stride(0), b * length, length, n_heads * d, kv_heads * d, **meta)
+        ctx.shape, ctx.heads = qkv.shape, (n_heads, kv_heads)
+        ctx.save_for_backward(cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None) -> tuple[Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        b, length, width = ctx.shape
+        n_heads, kv_heads = ctx.heads
+        d = width // (n_heads + 2 * kv_heads)
+        like = next(g for g in (dq, dk, dv) if g is not None)
+        grads = [g if g is not None else like.new_zeros(b, n, length, d)  # an unused output gets no gradient
+                 for g, n in ((dq, n_heads), (dk, kv_heads), (dv, kv_heads))]
+        dqkv = like.new_empty(b, length, width)
+        grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
+        _rotary_bwd[grid](
+            *grads, cos, sin, dqkv, *(s for g in grads for s in g.stride()),
+            width, b * length, length, n_heads * d, kv_heads * d, **meta,
+        )  # fmt: skip
+        return dqkv, None, None
+
+
+def split_heads_rope(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as reference.split_heads_rope; outputs are [B, heads, L, d] views of
+    [B, L, heads, d] buffers. Needs an even head dim (RoPE rotates pairs)."""
+    b, length, width = qkv.shape
+    if qkv.dim() != 3 or width % (n_heads + 2 * kv_heads) or (width // (n_heads + 2 * kv_heads)) % 2:
+        raise ValueError(f"qkv {tuple(qkv.shape)} is not [B, L, (H + 2G) d] with H={n_heads}, G={kv_heads} and an even d")
+    return _SplitHeadsRope.apply(qkv, n_heads, kv_heads)

@@ -1,0 +1,125 @@
+"""The fused glue kernels against their references: head split + RoPE (rotary_triton.py) and
+the sigmoid gate (gate_triton.py).
+
+Outputs and every input gradient follow the flash-attention tolerance rule (tolerance.py) against
+the same-dtype and fp64 references. Inputs come in the layouts the model hands over (the
+projection's rows, the branch kernels' [B, L, H, d] buffers) and in other strides, since autograd
+may pass gradients of any layout. CPU cases run in the Triton interpreter; the gpu set draws 50
+random shapes per kernel.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+
+from blossom.attention import reference
+from blossom.attention.gate_triton import gated_sum
+from blossom.attention.rotary_triton import split_heads_rope
+
+from .cases import BF16, F16, F32, needs_cuda
+from .tolerance import assert_close_to_reference
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+Fn = Callable[..., Tensor | tuple[Tensor, ...]]
+
+
+def _outputs(fn: Fn, args: list[Tensor], grads_out: list[Tensor]) -> list[Tensor]:
+    """Outputs, then the gradient of every input, for the upstream gradients grads_out."""
+    outs = fn(*args)
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    grads = torch.autograd.grad(outs, args, [g.to(o.dtype) for g, o in zip(grads_out, outs)])
+    return [o.detach() for o in outs] + list(grads)
+
+
+def check_against_reference(kernel: Fn, ref: Fn, args: list[Tensor], seed: int) -> None:
+    """kernel(args) vs ref(args) and ref(args in fp64): outputs and input gradients."""
+    gen = torch.Generator(device=args[0].device).manual_seed(seed)
+    shapes = [o.shape for o in (lambda o: o if isinstance(o, tuple) else (o,))(ref(*args))]
+    grads_out = [torch.randn(s, generator=gen, device=args[0].device) for s in shapes]
+    got = _outputs(kernel, args, grads_out)
+    same = _outputs(ref, args, grads_out)
+    ref64 = _outputs(ref, [a.detach().double().requires_grad_() for a in args], grads_out)
+    for n, (actual, s, r) in enumerate(zip(got, same, ref64)):
+        assert_close_to_reference(f"tensor {n}", actual, s, r)
+
+
+def rotary_args(b: int, length: int, h: int, g: int, d: int, dtype: torch.dtype, device: str, seed: int,
+                strided: bool = False) -> list[Tensor]:
+    """qkv [B, L, (H + 2G) d]; strided: a column slice of a wider buffer (rows not packed)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    width = (h + 2 * g) * d
+    full = torch.randn(b, length, width + (8 if strided else 0), generator=gen, device=device).to(dtype)
+    return [full[..., :width].detach().requires_grad_() if strided else full.requires_grad_()]
+
+
+def gate_args(b: int, length: int, h: int, d: int, dtype: torch.dtype, device: str, seed: int) -> list[Tensor]:
+    """ltis in the kernels' [B, L, H, d] storage, stis contiguous [B, H, L, d], logits [B, L, 2H]."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ltis = torch.randn(b, length, h, d, generator=gen, device=device).to(dtype).transpose(1, 2)
+    stis = torch.randn(b, h, length, d, generator=gen, device=device).to(dtype)
+    logits = (2 * torch.randn(b, length, 2 * h, generator=gen, device=device)).to(dtype)
+    return [t.detach().requires_grad_() for t in (ltis, stis, logits)]
+
+
+def check_rotary(b, length, h, g, d, dtype, device, seed, strided=False) -> None:
+    check_against_reference(
+        lambda qkv: split_heads_rope(qkv, h, g), lambda qkv: reference.split_heads_rope(qkv, h, g),
+        rotary_args(b, length, h, g, d, dtype, device, seed, strided), seed,
+    )
+
+
+def check_gate(b, length, h, d, dtype, device, seed) -> None:
+    check_against_reference(gated_sum, reference.gated_sum, gate_args(b, length, h, d, dtype, device, seed), seed)
+
+
+ROTARY_CPU = [(1, 1, 2, 1, 16, F32, False), (2, 37, 8, 2, 16, F32, True), (2, 19, 4, 2, 16, BF16, False),
+              (1, 33, 6, 2, 8, F16, True), (2, 17, 2, 2, 32, F32, False)]
+GATE_CPU = [(1, 1, 2, 16, F32), (2, 37, 8, 16, F32), (2, 19, 4, 16, BF16), (1, 33, 6, 8, F16), (2, 17, 3, 32, F32)]
+
+
+@pytest.mark.parametrize(("b", "length", "h", "g", "d", "dtype", "strided"), ROTARY_CPU)
+def test_rotary_matches_reference(b, length, h, g, d, dtype, strided) -> None:
+    check_rotary(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
+
+
+@pytest.mark.parametrize(("b", "length", "h", "d", "dtype"), GATE_CPU)
+def test_gate_matches_reference(b, length, h, d, dtype) -> None:
+    check_gate(b, length, h, d, dtype, "cpu", seed=length)
+
+
+def test_rotary_gradient_of_unused_output_is_zero() -> None:
+    """An output no loss reads (autograd passes None) contributes nothing to dqkv."""
+    (qkv,) = rotary_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
+    q, k, v = split_heads_rope(qkv, 2, 1)
+    (grad,) = torch.autograd.grad(q.sum(), qkv)
+    assert grad[..., 32:].abs().max() == 0 and grad[..., :32].abs().max() > 0
+
+
+def test_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="even d"):
+        split_heads_rope(torch.zeros(1, 4, 4 * 15), 2, 1)
+    with pytest.raises(ValueError, match="gate logits"):
+        gated_sum(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(1, 4, 2))
+
+
+def _gpu_shape(index: int) -> tuple:
+    """(B, L, H, G, d, dtype) for case index: edge lengths first, then random."""
+    rng = random.Random(index)
+    edge = [1, 15, 16, 17, 200, 1000, 4097]
+    length = edge[index] if index < len(edge) else rng.randint(2, 3000)
+    h, g = rng.choice([(8, 2), (4, 1), (2, 2), (6, 2), (8, 8)])
+    return rng.randint(1, 4), length, h, g, rng.choice([16, 32, 64]), (BF16, F16, F32)[index % 3]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(50))
+def test_gpu_random_shapes(index: int) -> None:
+    b, length, h, g, d, dtype = _gpu_shape(index)
+    check_rotary(b, length, h, g, d, dtype, "cuda", seed=index, strided=index % 2 == 1)
+    check_gate(b, length, h, d, dtype, "cuda", seed=index)
