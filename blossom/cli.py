@@ -1,4 +1,4 @@
-"""`blossom data|train|bench|report ...`: the commands the workflow rules call.
+"""`blossom data|train|bench|report|parity ...`: the commands the workflow rules call, and a parity check.
 
 Each command group registers itself from its own module (a `register(subparsers)` function that
 only builds argparse parsers and imports heavy libraries inside its handlers).
@@ -12,7 +12,7 @@ import sys
 
 from blossom.errors import BlossomError
 
-COMMAND_MODULES = ("blossom.data.cli", "blossom.train_cli", "blossom.bench_cli", "blossom.report.cli")
+COMMAND_MODULES = ("blossom.data.cli", "blossom.train_cli", "blossom.bench_cli", "blossom.report.cli", "blossom.parity_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
