@@ -40,6 +40,21 @@ def test_blossomrec_run_writes_a_complete_record(data_dir, tmp_path):
     assert not list(out.parent.glob("*.tmp")), "atomic write leaves no temp file"
 
 
+def test_amp_name_trains_under_autocast(data_dir, tmp_path, monkeypatch):
+    """-AMP names fix RecBole's enable_amp: the training steps run inside an enabled autocast."""
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("enabled", True))
+        return real_autocast(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    record = train.run("ml-100k", "SASRec-AMP", 20, 2020, TINY, str(data_dir), tmp_path / "amp.json")
+    assert record["status"] == "ok" and record["config"]["enable_amp"] is True
+    assert seen and all(seen)
+
+
 def test_both_evaluation_paths_timed(data_dir, tmp_path):
     out = tmp_path / "timed.json"
     record = train.run("ml-100k", "Pop", 20, 2020, TINY, str(data_dir), out, time_both_evals=True)

@@ -131,8 +131,8 @@ def test_paper_profile_plans_every_dataset_and_model_through_slurm(tmp_path):
     site.write_text(yaml.safe_dump({"data": {"dir": str(tmp_path / "data")}}))
     counts, out = _planned_jobs("--profile", str(ROOT / "workflow/profiles/slurm"),
                                 "--configfile", str(ROOT / "workflow/config/paper.yaml"), str(site))
-    # main 4 datasets x 9 models x 2 L = 72; efficiency adds 20 new runs, ablation 24
-    assert counts["train"] == 116 and counts["prepare_dataset"] == 4
+    # main 4 datasets x 9 models x 2 L = 72; efficiency adds 20 new runs + 3 AMP models x 6 L, ablation 24
+    assert counts["train"] == 134 and counts["prepare_dataset"] == 4
     for name in ("ml-1m", "amazon-beauty", "amazon-video-games", "gowalla", "Mamba4Rec", "LinRec", "BlossomRec-noSTIS"):
         assert name in out
     assert "gpu=1" in out and "slurm_partition=gpu" in out

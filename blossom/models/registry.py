@@ -40,6 +40,8 @@ class ModelSpec:
 
 _RECBOLE_SEQ = "recbole.model.sequential_recommender"
 _BLOSSOMREC = "blossom.models.blossomrec:BlossomRec"
+# RecBole's mixed precision: fp16 autocast with a gradient scaler on CUDA (bf16 autocast on a CPU)
+_AMP = {"enable_amp": True, "enable_scaler": True}
 
 MODELS: dict[str, ModelSpec] = {
     "Pop": ModelSpec("recbole.model.general_recommender.pop:Pop"),
@@ -59,6 +61,10 @@ MODELS: dict[str, ModelSpec] = {
     "BlossomRec-noLTIS": ModelSpec(_BLOSSOMREC, "blossomrec.yaml", {"branches": "stis"}),
     "BlossomRec-noSTIS": ModelSpec(_BLOSSOMREC, "blossomrec.yaml", {"branches": "ltis"}),
     "BlossomRec-gate0.5": ModelSpec(_BLOSSOMREC, "blossomrec.yaml", {"fixed_gate": 0.5}),
+    # the efficiency headline in mixed precision as well (the paper does not say which it measured)
+    "SASRec-AMP": ModelSpec(f"{_RECBOLE_SEQ}.sasrec:SASRec", fixed=_AMP),
+    "SASRec-SDPA-AMP": ModelSpec("blossom.models.sasrec_sdpa:SASRecSDPA", "sasrec_sdpa.yaml", _AMP),
+    "BlossomRec-AMP": ModelSpec(_BLOSSOMREC, "blossomrec.yaml", _AMP),
 }
 
 
