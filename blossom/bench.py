@@ -360,12 +360,16 @@ def _ratio(value: object, reference: object) -> float | str:
     return ""
 
 
+def _cell_key(row: dict[str, object]) -> tuple[object, ...]:
+    """(L, phase, mode) of a row; rows of CSVs written before modes existed are eager."""
+    return row["seq_len"], row["phase"], row.get("mode", "eager")
+
+
 def add_ratios(rows: list[dict[str, object]]) -> None:
     """Fill ratio_*_vs_sdpa from the ok sdpa row of the same L, phase and mode ("" where there is none)."""
-    key = lambda r: (r["seq_len"], r["phase"], r.get("mode", "eager"))  # noqa: E731
-    sdpa = {key(r): r for r in rows if r["impl"] == "sdpa" and r["status"] == "ok"}
+    sdpa = {_cell_key(r): r for r in rows if r["impl"] == "sdpa" and r["status"] == "ok"}
     for row in rows:
-        ref = sdpa.get(key(row), {}) if row["status"] == "ok" else {}
+        ref = sdpa.get(_cell_key(row), {}) if row["status"] == "ok" else {}
         row["ratio_time_vs_sdpa"] = _ratio(row.get("time_ms"), ref.get("time_ms"))
         row["ratio_mem_vs_sdpa"] = _ratio(row.get("peak_mem_mib"), ref.get("peak_mem_mib"))
 

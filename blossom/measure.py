@@ -8,8 +8,8 @@ never as zeros; the process RSS peak is always recorded.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
