@@ -154,7 +154,7 @@ class _SplitHeadsRope(torch.autograd.Function):
 def split_heads_rope(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as reference.split_heads_rope; outputs are [B, heads, L, d] views of
     [B, L, heads, d] buffers. Needs an even head dim (RoPE rotates pairs)."""
-    b, length, width = qkv.shape
-    if qkv.dim() != 3 or width % (n_heads + 2 * kv_heads) or (width // (n_heads + 2 * kv_heads)) % 2:
+    heads = n_heads + 2 * kv_heads
+    if qkv.dim() != 3 or qkv.shape[-1] % heads or (qkv.shape[-1] // heads) % 2:
         raise ValueError(f"qkv {tuple(qkv.shape)} is not [B, L, (H + 2G) d] with H={n_heads}, G={kv_heads} and an even d")
     return _SplitHeadsRope.apply(qkv, n_heads, kv_heads)

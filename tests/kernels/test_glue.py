@@ -28,22 +28,22 @@ pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim
 Fn = Callable[..., Tensor | tuple[Tensor, ...]]
 
 
-def _outputs(fn: Fn, args: list[Tensor], grads_out: list[Tensor]) -> list[Tensor]:
-    """Outputs, then the gradient of every input, for the upstream gradients grads_out."""
+def _outputs(fn: Fn, args: list[Tensor], seed: int) -> list[Tensor]:
+    """Outputs, then the gradient of every input, for random upstream gradients drawn from seed
+    (the same for every fn with outputs of the same shapes)."""
     outs = fn(*args)
     outs = list(outs) if isinstance(outs, tuple) else [outs]
-    grads = torch.autograd.grad(outs, args, [g.to(o.dtype) for g, o in zip(grads_out, outs)])
+    gen = torch.Generator(device=args[0].device).manual_seed(seed)
+    upstream = [torch.randn(o.shape, generator=gen, device=o.device).to(o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, args, upstream)
     return [o.detach() for o in outs] + list(grads)
 
 
 def check_against_reference(kernel: Fn, ref: Fn, args: list[Tensor], seed: int) -> None:
     """kernel(args) vs ref(args) and ref(args in fp64): outputs and input gradients."""
-    gen = torch.Generator(device=args[0].device).manual_seed(seed)
-    shapes = [o.shape for o in (lambda o: o if isinstance(o, tuple) else (o,))(ref(*args))]
-    grads_out = [torch.randn(s, generator=gen, device=args[0].device) for s in shapes]
-    got = _outputs(kernel, args, grads_out)
-    same = _outputs(ref, args, grads_out)
-    ref64 = _outputs(ref, [a.detach().double().requires_grad_() for a in args], grads_out)
+    got = _outputs(kernel, args, seed)
+    same = _outputs(ref, args, seed)
+    ref64 = _outputs(ref, [a.detach().double().requires_grad_() for a in args], seed)
     for n, (actual, s, r) in enumerate(zip(got, same, ref64)):
         assert_close_to_reference(f"tensor {n}", actual, s, r)
 
@@ -103,6 +103,8 @@ def test_rotary_gradient_of_unused_output_is_zero() -> None:
 def test_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match="even d"):
         split_heads_rope(torch.zeros(1, 4, 4 * 15), 2, 1)
+    with pytest.raises(ValueError, match="is not"):
+        split_heads_rope(torch.zeros(4, 4 * 16), 2, 1)
     with pytest.raises(ValueError, match="gate logits"):
         gated_sum(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(1, 4, 2))
 
