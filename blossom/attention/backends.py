@@ -7,7 +7,7 @@ by default when CUDA is present. Every backend implements the same signatures:
 - select(q, ck, scale, num_selected) -> [B, G, L, n] int   (no gradient; -1 = unused slot)
 - ltis(q, k, v, block_idx, scale, seq_len) -> [B, H, L, d] (differentiable in q, k, v)
 - split_heads(qkv, n_heads, kv_heads) -> q, k, v            (RoPE on q and k; differentiable)
-- gate(ltis, stis, gate_logits) -> [B, H, L, d]            (sigmoid-gated sum; differentiable)
+- merge(ltis, stis, gate_logits, weight) -> [B, L, D]     (gated sum, heads merged, projected)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Backend:
     select: Callable
     ltis: Callable
     split_heads: Callable
-    gate: Callable
+    merge: Callable
 
 
 def _torch_select(q, ck, scale, num_selected):
@@ -41,7 +41,7 @@ def _torch_select(q, ck, scale, num_selected):
 
 
 TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention,
-                reference.split_heads_rope, reference.gated_sum)
+                reference.split_heads_rope, reference.gated_merge)
 
 
 def triton_available() -> bool:
@@ -59,4 +59,4 @@ def get_backend(name: str) -> Backend:
         return TORCH
     from blossom.attention import triton_ops
 
-    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis, triton_ops.split_heads, triton_ops.gate)
+    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis, triton_ops.split_heads, triton_ops.merge)

@@ -1,16 +1,19 @@
-"""The sigmoid gate that mixes the two branches, as one Triton kernel each way.
+"""The sigmoid gate that mixes the two branches, as one Triton kernel each way, and the output
+projection after it.
 
-Contract: reference.gated_sum(ltis, stis, gate_logits) = sigmoid(gl[2h]) * ltis_h +
-sigmoid(gl[2h + 1]) * stis_h. In PyTorch that is a sigmoid, a permute and four broadcast products
-forward, and their backward reductions over d (the [B, L, H, d] -> [B, L, H] sums autograd runs
-for the gates): seven launches and as many full passes over [B, L, H, d]. Here the forward reads
-each branch once and writes the mix; the backward reads dout and both branches once and writes
-both branch gradients and the gate-logit gradient (sigmoid derivative included).
+Contract: reference.gated_merge(ltis, stis, gate_logits, weight), the projection (weight) of the
+merged heads of sigmoid(gl[2h]) * ltis_h + sigmoid(gl[2h + 1]) * stis_h. In PyTorch the mix is a
+sigmoid, a permute and four broadcast products forward, and their backward reductions over d
+(the [B, L, H, d] -> [B, L, H] sums autograd runs for the gates): seven launches and as many full
+passes over [B, L, H, d]. Here the forward reads each branch once and writes the mix; the
+backward reads the mix's gradient and both branches once and writes both branch gradients and
+the gate-logit gradient (sigmoid derivative included). The projection is cuBLAS's.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -95,44 +98,66 @@ def _launch(b: int, length: int, heads: int, head_dim: int) -> tuple[tuple[int],
     return (triton.cdiv(b * length, _ROWS),), meta
 
 
-class _GatedSum(torch.autograd.Function):
-    """Saves both branches and the logits (no copies: they are the branch kernels' outputs)."""
+def _mix(ltis: Tensor, stis: Tensor, gl: Tensor) -> Tensor:
+    """The gated sum [B, H, L, d] (stored [B, L, H, d]) of the branches; gl is [B * L, 2H]."""
+    b, heads, length, d = ltis.shape
+    out = empty_blhd(ltis, heads)
+    grid, meta = _launch(b, length, heads, d)
+    _gate_fwd[grid](
+        ltis, stis, gl, out, *ltis.stride(), *stis.stride(), *out.stride(), *gl.stride(),
+        b * length, length, heads, d, **meta,
+    )  # fmt: skip
+    return out
+
+
+def _merged(mix: Tensor) -> Tensor:
+    """[B, H, L, d] in [B, L, H, d] storage -> [B, L, H d], a view (no copy)."""
+    return mix.transpose(1, 2).flatten(2)
+
+
+class _GatedMerge(torch.autograd.Function):
+    """Gate mix, head merge and output projection. Saves the branches and the logits (the branch
+    kernels' outputs, which their own backward holds anyway) and recomputes the mix in the
+    backward instead of keeping it for the projection's weight gradient: one [B, L, H, d]
+    activation less per layer, for one more (cheap) mix kernel per step."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
-        b, heads, length, d = ltis.shape
-        out = empty_blhd(ltis, heads)
+    def forward(ctx: FunctionCtx, ltis: Tensor, stis: Tensor, gate_logits: Tensor, weight: Tensor) -> Tensor:
+        b, heads, length, _ = ltis.shape
         gl = gate_logits.reshape(b * length, 2 * heads)
-        grid, meta = _launch(b, length, heads, d)
-        _gate_fwd[grid](
-            ltis, stis, gl, out, *ltis.stride(), *stis.stride(), *out.stride(), *gl.stride(),
-            b * length, length, heads, d, **meta,
-        )  # fmt: skip
-        ctx.save_for_backward(ltis, stis, gl)
+        ctx.save_for_backward(ltis, stis, gl, weight)
         ctx.logits_shape = gate_logits.shape
-        return out
+        # the weight in the activations' dtype: what autocast does for a Linear (a no-op otherwise)
+        return F.linear(_merged(_mix(ltis, stis, gl)), weight.to(ltis.dtype))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        ltis, stis, gl = ctx.saved_tensors
+    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        ltis, stis, gl, weight = ctx.saved_tensors
         b, heads, length, d = ltis.shape
+        dout = dout.to(ltis.dtype)
+        mix = _merged(_mix(ltis, stis, gl))
+        dweight = (dout.flatten(0, 1).t() @ mix.flatten(0, 1)).to(weight.dtype)
+        del mix  # before the branch gradients are allocated
+        dmix = (dout @ weight.to(ltis.dtype)).view(b, length, heads, d).transpose(1, 2)
         dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
         dgl = torch.empty_like(gl)
         grid, meta = _launch(b, length, heads, d)
         _gate_bwd[grid](
-            ltis, stis, gl, dout, dltis, dstis, dgl,
-            *ltis.stride(), *stis.stride(), *dout.stride(), *dltis.stride(), *gl.stride(),
+            ltis, stis, gl, dmix, dltis, dstis, dgl,
+            *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
             b * length, length, heads, d, **meta,
         )  # fmt: skip
-        return dltis, dstis, dgl.view(ctx.logits_shape)
+        return dltis, dstis, dgl.view(ctx.logits_shape), dweight
 
 
-def gated_sum(ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
-    """Same contract as reference.gated_sum: ltis, stis [B, H, L, d] (any strides, one dtype),
-    gate_logits [B, L, 2H]. The output is [B, H, L, d] laid out as [B, L, H, d]."""
-    b, heads, length, _ = ltis.shape
+def gated_merge(ltis: Tensor, stis: Tensor, gate_logits: Tensor, weight: Tensor) -> Tensor:
+    """Same contract as reference.gated_merge: ltis, stis [B, H, L, d] (any strides, one dtype),
+    gate_logits [B, L, 2H], weight [D, H d] -> [B, L, D]."""
+    b, heads, length, d = ltis.shape
     if stis.shape != ltis.shape or gate_logits.shape != (b, length, 2 * heads) or stis.dtype != ltis.dtype:
         raise ValueError(f"need ltis, stis [B, H, L, d] of one dtype and gate logits [B, L, 2H]; got "
                          f"{tuple(ltis.shape)}, {tuple(stis.shape)}, {tuple(gate_logits.shape)}")
-    return _GatedSum.apply(ltis, stis, gate_logits)
+    if weight.dim() != 2 or weight.shape[1] != heads * d:
+        raise ValueError(f"need an output projection weight [D, {heads * d}], got {tuple(weight.shape)}")
+    return _GatedMerge.apply(ltis, stis, gate_logits, weight)

@@ -5,7 +5,10 @@ Contract: reference.select_blocks(reference.block_importance(...)) and reference
 Selection (`select_blocks`): one program per (query tile, batch, kv head) averages the group's
 query heads first (a mean of logits is the logit of the mean query: H/G times less work), streams
 the compressed keys in chunks and keeps, in registers, the running logsumexp (seeded with the
-null logit) and the running top-n blocks. Nothing [L, L/16] is ever written.
+null logit) and the running top-n blocks. Nothing [L, L/16] is ever written. The logits are
+fp32 products on tensor cores as 3xTF32 (each operand split into a TF32 head and tail; relative
+error ~1e-6, 2.4x faster than exact fp32 FMAs): like any other fp32 summation order, that may
+order two blocks whose logits agree to ~1e-6 differently from the reference.
 
 Attention (`ltis_attention`): every query attends 16 keys per selected block plus its own block
 causally, one exact softmax over the union. Rows are (query, head) pairs of one GQA group, so
@@ -106,7 +109,7 @@ def _select_fwd(
     sc_b, sc_g, sc_n, sc_d,
     length, num_blocks, kv_heads, scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     """Top-N visible blocks of a query tile x (batch, kv head) -> OUT [B, G, L, N] (int32, -1 unused)."""
     tile = tl.program_id(0)
@@ -132,10 +135,7 @@ def _select_fwd(
     for j0 in range(0, last, BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
         ck = tl.load(_row_ptrs(ck_base, 0, j, cols, 0, sc_n, sc_d), mask=(j < num_blocks)[:, None] & col_ok, other=0.0)
-        # exact fp32, as the reference: "tf32x3" ran select_blocks in 0.28 ms instead of 0.76 on
-        # an H100 (B=64, L=4096, [64, 64] tiles), but its ~1e-6 logit error can reorder
-        # near-ties by more than the 1e-6 the selection tests allow
-        s = _dot(q_mean, tl.trans(ck.to(tl.float32)), "ieee")
+        s = _dot(q_mean, tl.trans(ck.to(tl.float32)), DOT)
         s = tl.where(j[None, :] < own[:, None], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
@@ -149,10 +149,10 @@ def _select_fwd(
 
 
 def _select_tiles(length: int, num_blocks: int) -> tuple[int, int]:
-    """(queries, blocks) per step, 16 at least (tl.dot). [128, 32] ran in 0.64 ms on an H100 at
-    B=64, L=4096, against 0.76 for [64, 64] or [32, 64], 1.8 for [128, 64] and 2.7 for [64, 128]
-    (register spills). Tests shrink these to exercise the chunked top-n merge."""
-    return min(128, max(16, triton.next_power_of_2(length))), min(32, max(16, triton.next_power_of_2(num_blocks)))
+    """(queries, blocks) per step, 16 at least (tl.dot). With 3xTF32 scores on an H100 at B=64,
+    L=4096 (4 warps): [64, 32] 0.27 ms, [64, 64] 0.28, [128, 32] 0.29, [32, 64] 0.47; exact
+    fp32 ("ieee") products took 0.51-0.95 ms. Tests shrink these to exercise the chunked merge."""
+    return min(64, max(16, triton.next_power_of_2(length))), min(32, max(16, triton.next_power_of_2(num_blocks)))
 
 
 def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = reference.NUM_SELECTED) -> Tensor:
@@ -176,7 +176,7 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     _select_fwd[grid](
         q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
         GROUP=h // kv_heads, HEAD_DIM=d, BLOCK_D=_block_d(d), N=n, N_PAD=triton.next_power_of_2(n),
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+        BLOCK_M=block_m, BLOCK_N=block_n, DOT=_dot_mode(torch.float32), num_warps=4,
     )  # fmt: skip
     return out
 
@@ -263,14 +263,13 @@ def _ltis_fwd(
     m = tl.full([BLOCK_Q * GROUP_P], -1.0e30, tl.float32)  # finite: fully masked slots stay NaN-free
     denom = tl.zeros([BLOCK_Q * GROUP_P], tl.float32)
     acc = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
-    live = tile * BLOCK_Q < n_valid  # tiles past seq_len skip everything
-    for t in range(tl.where(live, n_slots, 0)):
-        keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
-        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
-        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
-        mask = owner & ok[None, :] & row_ok[:, None]
-        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT)
-    if live:
+    if tile * BLOCK_Q < n_valid:  # tiles past seq_len skip everything
+        for t in range(n_slots):
+            keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
+            k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
+            v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
+            mask = owner & ok[None, :] & row_ok[:, None]
+            m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT)
         keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)  # the tile's own block
         ok = (keys < n_valid)[:, None] & col_ok
         k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
@@ -326,14 +325,13 @@ def _ltis_bwd_dq(
     owner = (queries - tile * BLOCK_Q)[:, None] == (tl.arange(0, BLOCK_Q * _BLOCK) // _BLOCK)[None, :]
 
     dq = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
-    live = tile * BLOCK_Q < n_valid
-    for t in range(tl.where(live, n_slots, 0)):
-        keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
-        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
-        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
-        mask = owner & ok[None, :] & row_ok[:, None]
-        dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT)
-    if live:
+    if tile * BLOCK_Q < n_valid:
+        for t in range(n_slots):
+            keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
+            k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
+            v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
+            mask = owner & ok[None, :] & row_ok[:, None]
+            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT)
         keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
         ok = (keys < n_valid)[:, None] & col_ok
         k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
@@ -384,7 +382,9 @@ def _ltis_bwd_dkdv(
 ):  # fmt: skip
     """dk, dv of key block j x (batch, kv head): its own 16 queries (causal), then every query
     that selected it (the inverted index), 16 queries x all the group's heads per step.
-    Each step is three small tensor-core dots against the block's K and V. DK and DV share strides."""
+    Each step is three small tensor-core dots against the block's K and V. DK and DV share strides.
+    One warp per program where a step's tiles are small: 0.27 ms on an H100 at L = 4096 (B=64,
+    bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; 4 warps for larger tiles."""
     j = tl.program_id(0)
     bg = tl.program_id(1)
     b = bg // kv_heads
@@ -457,18 +457,20 @@ def _stages(tile_bytes: int) -> int:
     return 3 if tile_bytes <= 16384 else 1
 
 
-def _attention_config(group_p: int, block_d: int, itemsize: int) -> dict[str, int]:
-    """Queries per program, warps and stages of the forward and dq kernels.
+def _attention_config(group_p: int) -> dict[str, int]:
+    """Queries per program, warps and pipelining of the forward and dq kernels.
 
     Rows are (query, head) pairs; tl.dot needs 16 of them, so a program takes 16 / group_p
     queries (4 at H/G = 4). Their selected blocks differ, so each slot scores the rows against
     all the tile's 4 x 16 keys and masks the 3/4 belonging to other queries. On an H100 (B=64,
-    H=8, G=2, d=16, L=4096, bf16) that forward takes 0.59 ms against 2.18 ms for exact per-row
-    products on CUDA cores; 1 warp beat 2 and 4, and 8 queries (32 rows) per program.
+    H=8, G=2, d=16, L=4096, bf16) that forward took 0.59 ms against 2.18 ms for exact per-row
+    products on CUDA cores. Now: 1 warp 0.47 ms, 2 warps 0.77, 4 warps 1.40; 8 queries (32 rows)
+    per program 0.73; all slots as one [16, 256] key tile 0.53; the slot loop unrolled 0.47.
+    No software pipelining (num_stages=1): the 3 stages Triton defaults to took 0.66 ms, and they
+    keep 3 copies of a slot's K/V tiles in shared memory, more than an H100 has at fp32, d = 64,
+    H = G (262 KB of 227 KB).
     """
-    block_q = max(1, reference.BLOCK // group_p)
-    tile_bytes = 2 * block_q * reference.BLOCK * block_d * itemsize  # one slot's K and V
-    return dict(BLOCK_Q=block_q, num_warps=1, num_stages=_stages(tile_bytes))
+    return dict(BLOCK_Q=max(1, reference.BLOCK // group_p), num_warps=1, num_stages=1)
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None) -> None:
@@ -494,7 +496,7 @@ class _LtisAttention(torch.autograd.Function):
         group_p = triton.next_power_of_2(group)
         out = empty_blhd(q, h)
         lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
-        config = _attention_config(group_p, _block_d(d), q.element_size())
+        config = _attention_config(group_p)
         grid = (triton.cdiv(length, config["BLOCK_Q"]), b * kv_heads)
         meta = dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=_dot_mode(q.dtype), **config)
         _ltis_fwd[grid](
@@ -527,12 +529,12 @@ class _LtisAttention(torch.autograd.Function):
             offsets = queries = torch.zeros(1, device=q.device, dtype=torch.int32)
         dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
         meta = {name: ctx.meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
-        rows = reference.BLOCK * meta["GROUP_P"]  # one step: 16 queries x the group's heads
+        step_bytes = reference.BLOCK * meta["GROUP_P"] * meta["BLOCK_D"] * q.element_size()  # q or dO rows of a step
         _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
             q, k, v, dout, dk, dv, lse, delta, seq_len, offsets, queries,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
             length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, ctx.scale,
-            **meta, num_warps=4, num_stages=_stages(2 * rows * meta["BLOCK_D"] * q.element_size()),
+            **meta, num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
         )  # fmt: skip
         return dq, dk, dv, None, None, None
 

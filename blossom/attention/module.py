@@ -111,23 +111,32 @@ class BlossomAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=self.scale)
         return reference._zero_padding(out, seq_len)
 
-    def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:
-        """x [B, L, D] right-padded, seq_len [B] -> [B, L, D]."""
+    def branch_outputs(self, x: Tensor, seq_len: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(ltis, stis, gated compressed branch) per head [B, H, L, d], None where off. The
+        projections and the selection are locals here: without autograd they are freed before
+        the merge, which keeps the inference peak to the branch outputs."""
         q, k, v = self.project(x)
         ops = self.backend
-        ltis = stis = None
+        ltis = stis = compressed = None
         if self.branches in ("both", "ltis"):
-            # selection never passes a gradient; only the compressed branch (if on) trains the compressor
-            keys = k if self.compressed else k.detach()
-            ck = reference.compress_keys(keys, self.k_intrablock_positions, self.k_compress)
+            # selection passes no gradient: the compressor records a graph only for the compressed branch
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.compressed):
+                ck = reference.compress_keys(k, self.k_intrablock_positions, self.k_compress)
             block_idx = ops.select(q.detach(), ck.detach(), self.scale, self.num_selected)
             ltis = ops.ltis(q, k, v, block_idx, self.scale, seq_len)
+            if self.compressed:
+                compressed = self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
         if self.branches in ("both", "stis"):
             stis = ops.stis(q, k, v, self.scale, seq_len)
+        return ltis, stis, compressed
+
+    def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:
+        """x [B, L, D] right-padded, seq_len [B] -> [B, L, D]."""
+        ltis, stis, compressed = self.branch_outputs(x, seq_len)
         if ltis is not None and stis is not None and self.fixed_gate is None:
-            out = ops.gate(ltis, stis, self.gate(x))
+            out = self.backend.merge(ltis, stis, self.gate(x), self.combine_heads.weight)
         else:  # ablations: one branch, or constant gates
-            out = reference.combine_gated(ltis, stis, self.gates(x))
-        if self.compressed and ltis is not None:
-            out = out + self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
-        return self.combine_heads(out.transpose(1, 2).flatten(2))
+            out = self.combine_heads(reference.combine_gated(ltis, stis, self.gates(x)).transpose(1, 2).flatten(2))
+        if compressed is not None:  # the projection is linear: project the compressed branch on its own
+            out = out + self.combine_heads(compressed.transpose(1, 2).flatten(2))
+        return out

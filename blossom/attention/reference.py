@@ -225,6 +225,11 @@ def gated_sum(ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
     return combine_gated(ltis, stis, torch.sigmoid(gate_logits))
 
 
+def gated_merge(ltis: Tensor, stis: Tensor, gate_logits: Tensor, weight: Tensor) -> Tensor:
+    """The attention's output [B, L, D]: gated_sum, heads merged, output projection weight [D, H d]."""
+    return F.linear(gated_sum(ltis, stis, gate_logits).transpose(1, 2).flatten(2), weight)
+
+
 def default_scale(head_dim: int) -> float:
     """Softmax scale d^-1/2, shared by scoring and both branches."""
     return 1.0 / math.sqrt(head_dim)

@@ -1,5 +1,5 @@
 """The fused glue kernels against their references: head split + RoPE (rotary_triton.py) and
-the sigmoid gate (gate_triton.py).
+the sigmoid gate with the output projection (gate_triton.py).
 
 Outputs and every input gradient follow the flash-attention tolerance rule (tolerance.py) against
 the same-dtype and fp64 references. Inputs come in the layouts the model hands over (the
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import gated_sum
+from blossom.attention.gate_triton import gated_merge
 from blossom.attention.rotary_triton import split_heads_rope
 
 from .cases import BF16, F16, F32, needs_cuda
@@ -58,12 +58,14 @@ def rotary_args(b: int, length: int, h: int, g: int, d: int, dtype: torch.dtype,
 
 
 def gate_args(b: int, length: int, h: int, d: int, dtype: torch.dtype, device: str, seed: int) -> list[Tensor]:
-    """ltis in the kernels' [B, L, H, d] storage, stis contiguous [B, H, L, d], logits [B, L, 2H]."""
+    """ltis in the kernels' [B, L, H, d] storage, stis contiguous [B, H, L, d], logits [B, L, 2H],
+    an output projection weight [H d + 8, H d] (not square: rows and columns are not mixed up)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     ltis = torch.randn(b, length, h, d, generator=gen, device=device).to(dtype).transpose(1, 2)
     stis = torch.randn(b, h, length, d, generator=gen, device=device).to(dtype)
     logits = (2 * torch.randn(b, length, 2 * h, generator=gen, device=device)).to(dtype)
-    return [t.detach().requires_grad_() for t in (ltis, stis, logits)]
+    weight = (torch.randn(h * d + 8, h * d, generator=gen, device=device) / (h * d) ** 0.5).to(dtype)
+    return [t.detach().requires_grad_() for t in (ltis, stis, logits, weight)]
 
 
 def check_rotary(b, length, h, g, d, dtype, device, seed, strided=False) -> None:
@@ -74,7 +76,7 @@ def check_rotary(b, length, h, g, d, dtype, device, seed, strided=False) -> None
 
 
 def check_gate(b, length, h, d, dtype, device, seed) -> None:
-    check_against_reference(gated_sum, reference.gated_sum, gate_args(b, length, h, d, dtype, device, seed), seed)
+    check_against_reference(gated_merge, reference.gated_merge, gate_args(b, length, h, d, dtype, device, seed), seed)
 
 
 ROTARY_CPU = [(1, 1, 2, 1, 16, F32, False), (2, 37, 8, 2, 16, F32, True), (2, 19, 4, 2, 16, BF16, False),
@@ -106,7 +108,17 @@ def test_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match="is not"):
         split_heads_rope(torch.zeros(4, 4 * 16), 2, 1)
     with pytest.raises(ValueError, match="gate logits"):
-        gated_sum(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(1, 4, 2))
+        gated_merge(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(1, 4, 2), torch.zeros(32, 32))
+    with pytest.raises(ValueError, match="projection weight"):
+        gated_merge(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(1, 4, 4), torch.zeros(32, 16))
+
+
+def test_merge_saves_no_activation_of_its_own() -> None:
+    """The backward recomputes the mix: everything saved is an input's storage (no extra [B, L, H, d])."""
+    args = gate_args(2, 9, 4, 16, F32, "cpu", seed=0)
+    out = gated_merge(*args)
+    saved = {t.untyped_storage().data_ptr() for t in out.grad_fn.saved_tensors}
+    assert saved <= {a.untyped_storage().data_ptr() for a in args} and len(saved) == 4
 
 
 def _gpu_shape(index: int) -> tuple:

@@ -1,7 +1,7 @@
 """LTIS Triton kernels (blossom/attention/ltis_triton.py) against the reference.
 
 Selection: the kernel's top-n equals reference.select_blocks(block_importance(...)) up to swaps
-of blocks whose probabilities agree to 1e-6 (rounding can order near-ties either way), plus
+of blocks whose probabilities agree to 1e-6 (1e-5 on a GPU; rounding can order near-ties either way), plus
 hand-built cases with a known answer. Attention: output and dq, dk, dv against the reference
 given the same block_idx (with -1 slots), with the flash-attention tolerance rule
 (tolerance.py); right-padded positions get exact zeros and no gradient; NaN in padded k/v never
@@ -31,7 +31,8 @@ SCALE = 0.25
 
 def assert_same_selection(got: Tensor, q: Tensor, ck: Tensor, num_selected: int) -> None:
     """got equals the reference selection, except in slots where both picks' probabilities agree
-    to 1e-6 relative (an unused slot counts as probability KEEP_PROB)."""
+    to 1e-6 relative (an unused slot counts as probability KEEP_PROB); 1e-5 on a GPU, where the
+    kernel's logits are 3xTF32 products (relative error ~1e-6 per logit, up to ~2.5e-6 here)."""
     importance = reference.block_importance(q, ck, SCALE)
     want = reference.select_blocks(importance, num_selected)
     assert got.shape == want.shape and not got.is_floating_point()
@@ -47,7 +48,8 @@ def assert_same_selection(got: Tensor, q: Tensor, ck: Tensor, num_selected: int)
     differ = got != want
     p_got, p_want = prob_of(got)[differ], prob_of(want)[differ]
     rel = (p_got - p_want).abs() / torch.maximum(p_got, p_want)
-    assert rel.max() <= 1e-6, f"{differ.sum()} slots differ, worst relative probability gap {rel.max():.3g}"
+    tolerance = 1e-5 if got.is_cuda else 1e-6
+    assert rel.max() <= tolerance, f"{differ.sum()} slots differ, worst relative probability gap {rel.max():.3g}"
 
 
 # (B, H, G, L, d), num_selected
