@@ -103,6 +103,16 @@ def _merge_top(top_s, top_j, s, j0, N: tl.constexpr):
 
 
 @triton.jit
+def _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_ok, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+    """Logits [M, BLOCK_N] of the query tile against compressed blocks j0 .. j0 + BLOCK_N - 1;
+    -inf where a block is not visible (j >= i // 16, or past the last block)."""
+    j = j0 + tl.arange(0, BLOCK_N)
+    ck = tl.load(_row_ptrs(ck_base, 0, j, cols, 0, sc_n, sc_d), mask=(j < num_blocks)[:, None] & col_ok, other=0.0)
+    s = _dot(q_mean, tl.trans(ck.to(tl.float32)), DOT)
+    return tl.where(j[None, :] < own[:, None], s, float("-inf"))
+
+
+@triton.jit
 def _select_fwd(
     Q, CK, OUT,
     sq_b, sq_h, sq_l, sq_d,
@@ -128,21 +138,29 @@ def _select_fwd(
 
     own = rows // _BLOCK  # block j is visible to query i iff 16j + 15 < i, i.e. j < i // 16
     m = tl.full([BLOCK_M], _NULL_LOGIT, tl.float32)  # running max, seeded with the null logit
-    denom = tl.full([BLOCK_M], 1.0, tl.float32)  # running sum of exp(logit - m), null included
     top_s = tl.full([BLOCK_M, N_PAD], float("-inf"), tl.float32)
     top_j = tl.full([BLOCK_M, N_PAD], -1, tl.int32)
     last = tl.minimum(num_blocks, (tl.minimum((tile + 1) * BLOCK_M, length) - 1) // _BLOCK)
     for j0 in range(0, last, BLOCK_N):
-        j = j0 + tl.arange(0, BLOCK_N)
-        ck = tl.load(_row_ptrs(ck_base, 0, j, cols, 0, sc_n, sc_d), mask=(j < num_blocks)[:, None] & col_ok, other=0.0)
-        s = _dot(q_mean, tl.trans(ck.to(tl.float32)), DOT)
-        s = tl.where(j[None, :] < own[:, None], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
-        m = m_new
+        s = _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_ok, BLOCK_N, DOT)
+        m = tl.maximum(m, tl.max(s, axis=1))
         top_s, top_j = _merge_top(top_s, top_j, s, j0, N)
 
-    keep = tl.exp(top_s - m[:, None]) / denom[:, None] > _KEEP_PROB
+    # A slot is kept iff its probability exp(s - m) / denom > KEEP_PROB, denom being the softmax
+    # denominator relative to the max (null logit included): 1 <= denom <= visible blocks + 1.
+    # Those bounds decide almost every slot, so the exponentials of all the logits (one per
+    # logit, the loop's costliest step) are only computed, in a second pass, for a tile with a
+    # slot the bounds leave open. The margins (1e-3) dwarf fp32 rounding.
+    rel = tl.exp(top_s - m[:, None])
+    bound = (tl.minimum(own, num_blocks) + 1).to(tl.float32)[:, None]
+    keep = rel > _KEEP_PROB * 1.001 * bound
+    open_slot = (rel > _KEEP_PROB * 0.999) & ~keep
+    if tl.max(open_slot.to(tl.int32)) > 0:
+        denom = tl.exp(_NULL_LOGIT - m)
+        for j0 in range(0, last, BLOCK_N):
+            s = _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_ok, BLOCK_N, DOT)
+            denom += tl.sum(tl.exp(s - m[:, None]), axis=1)
+        keep = rel / denom[:, None] > _KEEP_PROB
     slot = tl.arange(0, N_PAD)
     out_ptrs = OUT + ((b * kv_heads + g).to(tl.int64) * length + rows[:, None]) * N + slot[None, :]
     tl.store(out_ptrs, tl.where(keep, top_j, -1), mask=row_ok[:, None] & (slot < N)[None, :])

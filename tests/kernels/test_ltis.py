@@ -120,6 +120,21 @@ def test_select_hot_block() -> None:
     assert got[0, 1, 63].tolist() == [0, 1, 2, -1]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_select_keep_threshold_needs_the_denominator(device: str) -> None:
+    """A slot whose probability is near KEEP_PROB only relative to the max: e^-22 = 2.8e-10 of the
+    max's weight is kept (probability 2.8e-10 / (1 + e^-22)) where the max stands alone, and
+    dropped (9.3e-11) where two more blocks tie with the max (denominator 3), though it is the
+    same logit gap. The kernel's bounds leave both open: only the exact denominator decides."""
+    q, ck = _aligned(100, -1, 0.0)  # 6 blocks, all logits 0
+    ck[0, 0, :, 0] = torch.tensor([0.0, -40.0, -40.0, -40.0, -40.0, -22.0]) / SCALE  # max alone
+    ck[0, 1, :, 0] = torch.tensor([0.0, 0.0, 0.0, -40.0, -40.0, -22.0]) / SCALE  # max three times
+    got = select_blocks(q.to(device), ck.to(device), SCALE, 4).cpu()
+    assert got[0, 0, 99].tolist() == [0, 5, -1, -1]
+    assert got[0, 1, 99].tolist() == [0, 1, 2, -1]
+    assert_same_selection(got, q, ck, 4)
+
+
 def test_select_null_logit_wins() -> None:
     """Logits far below the null logit (-1e3): every probability is ~e^-1000, so no slot is kept."""
     q, ck = _aligned(64, -1, 0.0)
