@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blossom.attention.module import BlossomAttention
-from blossom.attention.reference import LOCAL_WINDOW
+from blossom.attention.reference import LOCAL_WINDOW, merge_heads
 from blossom.errors import BlossomError
 from blossom.io import atomic_write_text
 from blossom.measure import MIB, Measure
@@ -131,7 +131,7 @@ class CausalLayer(nn.Module):
         d = self.head_dim
         q, k, v = self.to_qkv(x).split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
         q, k, v = (t.view(b, length, -1, d).transpose(1, 2) for t in (q, k, v))
-        return self.combine_heads(self.core(q, k, v).transpose(1, 2).flatten(2))
+        return self.combine_heads(merge_heads(self.core(q, k, v)))
 
 
 def naive_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

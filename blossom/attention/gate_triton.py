@@ -19,6 +19,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from blossom.attention.reference import merge_heads
 from blossom.attention.triton_common import empty_blhd
 
 _ROWS = 16  # tokens per program
@@ -110,11 +111,6 @@ def _mix(ltis: Tensor, stis: Tensor, gl: Tensor) -> Tensor:
     return out
 
 
-def _merged(mix: Tensor) -> Tensor:
-    """[B, H, L, d] in [B, L, H, d] storage -> [B, L, H d], a view (no copy)."""
-    return mix.transpose(1, 2).flatten(2)
-
-
 class _GatedMerge(torch.autograd.Function):
     """Gate mix, head merge and output projection. Saves the branches and the logits (the branch
     kernels' outputs, which their own backward holds anyway) and recomputes the mix in the
@@ -128,7 +124,7 @@ class _GatedMerge(torch.autograd.Function):
         ctx.save_for_backward(ltis, stis, gl, weight)
         ctx.logits_shape = gate_logits.shape
         # the weight in the activations' dtype: what autocast does for a Linear (a no-op otherwise)
-        return F.linear(_merged(_mix(ltis, stis, gl)), weight.to(ltis.dtype))
+        return F.linear(merge_heads(_mix(ltis, stis, gl)), weight.to(ltis.dtype))
 
     @staticmethod
     @once_differentiable
@@ -136,7 +132,7 @@ class _GatedMerge(torch.autograd.Function):
         ltis, stis, gl, weight = ctx.saved_tensors
         b, heads, length, d = ltis.shape
         dout = dout.to(ltis.dtype)
-        mix = _merged(_mix(ltis, stis, gl))
+        mix = merge_heads(_mix(ltis, stis, gl))
         dweight = (dout.flatten(0, 1).t() @ mix.flatten(0, 1)).to(weight.dtype)
         del mix  # before the branch gradients are allocated
         dmix = (dout @ weight.to(ltis.dtype)).view(b, length, heads, d).transpose(1, 2)

@@ -469,9 +469,10 @@ def _invert(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def _stages(tile_bytes: int) -> int:
-    """Software-pipelining depth for a loop that loads tile_bytes per step: 3 (Triton's default)
-    for the small tiles of the real shapes, 1 where 3 copies would overflow shared memory
-    (fp32, d = 64, H = G: 270 KB needed of 227 KB on an H100)."""
+    """Software-pipelining depth of the dk/dv loop, which loads tile_bytes per step: 3 (Triton's
+    default) for the small tiles of the real shapes, 1 for large ones, whose 3 copies could
+    overflow shared memory (the forward's slot tiles at fp32, d = 64, H = G needed 262 KB of
+    227 KB on an H100 when it was pipelined)."""
     return 3 if tile_bytes <= 16384 else 1
 
 

@@ -136,7 +136,7 @@ class BlossomAttention(nn.Module):
         if ltis is not None and stis is not None and self.fixed_gate is None:
             out = self.backend.merge(ltis, stis, self.gate(x), self.combine_heads.weight)
         else:  # ablations: one branch, or constant gates
-            out = self.combine_heads(reference.combine_gated(ltis, stis, self.gates(x)).transpose(1, 2).flatten(2))
+            out = self.combine_heads(reference.merge_heads(reference.combine_gated(ltis, stis, self.gates(x))))
         if compressed is not None:  # the projection is linear: project the compressed branch on its own
-            out = out + self.combine_heads(compressed.transpose(1, 2).flatten(2))
+            out = out + self.combine_heads(reference.merge_heads(compressed))
         return out

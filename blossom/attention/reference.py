@@ -225,9 +225,15 @@ def gated_sum(ltis: Tensor, stis: Tensor, gate_logits: Tensor) -> Tensor:
     return combine_gated(ltis, stis, torch.sigmoid(gate_logits))
 
 
+def merge_heads(x: Tensor) -> Tensor:
+    """[B, H, L, d] -> [B, L, H d], what the output projection reads; a view (no copy) when x is
+    stored [B, L, H, d], as the kernels' outputs are."""
+    return x.transpose(1, 2).flatten(2)
+
+
 def gated_merge(ltis: Tensor, stis: Tensor, gate_logits: Tensor, weight: Tensor) -> Tensor:
     """The attention's output [B, L, D]: gated_sum, heads merged, output projection weight [D, H d]."""
-    return F.linear(gated_sum(ltis, stis, gate_logits).transpose(1, 2).flatten(2), weight)
+    return F.linear(merge_heads(gated_sum(ltis, stis, gate_logits)), weight)
 
 
 def default_scale(head_dim: int) -> float:

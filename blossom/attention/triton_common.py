@@ -24,7 +24,7 @@ def valid_length(SEQ_LEN, b, length):
 
 def empty_blhd(like: Tensor, heads: int) -> Tensor:
     """An uninitialised [B, heads, L, d] tensor stored as [B, L, heads, d]: merging heads after
-    the attention (transpose(1, 2).flatten(2)) is then free, and it matches the qkv projection."""
+    the attention (reference.merge_heads) is then free, and it matches the qkv projection."""
     b, _, length, d = like.shape
     return like.new_empty(b, length, heads, d).transpose(1, 2)
 
