@@ -6,6 +6,7 @@ by default when CUDA is present. Every backend implements the same signatures:
 - stis(q, k, v, scale, seq_len) -> [B, H, L, d]            (differentiable)
 - select(q, ck, scale, num_selected) -> [B, G, L, n] int   (no gradient; -1 = unused slot)
 - ltis(q, k, v, block_idx, scale, seq_len) -> [B, H, L, d] (differentiable in q, k, v)
+- branches(q, k, v, block_idx, scale, seq_len) -> (ltis, stis), both branches in one call
 - split_heads(qkv, n_heads, kv_heads) -> q, k, v            (RoPE on q and k; differentiable)
 - merge(ltis, stis, gate_logits, weight) -> [B, L, D]     (gated sum, heads merged, projected)
 """
@@ -31,6 +32,7 @@ class Backend:
     stis: Callable
     select: Callable
     ltis: Callable
+    branches: Callable
     split_heads: Callable
     merge: Callable
 
@@ -40,7 +42,12 @@ def _torch_select(q, ck, scale, num_selected):
         return reference.select_blocks(reference.block_importance(q, ck, scale), num_selected)
 
 
-TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention,
+def _torch_branches(q, k, v, block_idx, scale, seq_len):
+    """The two reference branches one after the other (nothing to share in the spec)."""
+    return reference.ltis_attention(q, k, v, block_idx, scale, seq_len), reference.stis_attention(q, k, v, scale, seq_len)
+
+
+TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention, _torch_branches,
                 reference.split_heads_rope, reference.gated_merge)
 
 
@@ -59,4 +66,5 @@ def get_backend(name: str) -> Backend:
         return TORCH
     from blossom.attention import triton_ops
 
-    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis, triton_ops.split_heads, triton_ops.merge)
+    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis, triton_ops.branches,
+                   triton_ops.split_heads, triton_ops.merge)

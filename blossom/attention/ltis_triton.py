@@ -18,7 +18,8 @@ tile, scores all 16 rows against it on tensor cores and masks the 3/4 of the sco
 to other queries; the own block is one [16, d] tile shared by the whole program (a 16-aligned
 tile never straddles blocks). The forward stores the fp32 logsumexp; the backward recomputes
 probabilities. dq walks the same slots. dk/dv use an inverted index instead of atomics: the
-(query, block) pairs are sorted by block (torch.sort, stable, so the sums are deterministic),
+(query, block) pairs are sorted by block (one small kernel writes the sort keys, then torch.sort,
+stable, so the sums are deterministic),
 and one program per key block gathers its own block's 16 queries (causal), then every query
 that selected it, in chunks of 16 queries x H/G heads: three small tensor-core dots per chunk
 against the block's K and V, no fp32 scratch buffers, no atomics (an atomic scatter would
@@ -388,7 +389,7 @@ def _dkdv_rows(
 
 @triton.jit
 def _ltis_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, DELTA, SEQ_LEN, OFFSETS, QUERIES,
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEQ_LEN, OFFSETS, ORDER,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_g, sk_l, sk_d,
     sv_b, sv_g, sv_l, sv_d,
@@ -396,7 +397,7 @@ def _ltis_bwd_dkdv(
     sdk_b, sdk_g, sdk_l, sdk_d,
     length, num_blocks, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT: tl.constexpr, N_SLOTS: tl.constexpr,
 ):  # fmt: skip
     """dk, dv of key block j x (batch, kv head): its own 16 queries (causal), then every query
     that selected it (the inverted index), 16 queries x all the group's heads per step.
@@ -435,7 +436,10 @@ def _ltis_bwd_dkdv(
     rank = queries - j * _BLOCK  # 0..15: the row's query within the chunk
     for c in range(start, end, _BLOCK):
         sel_ok = c + rank < end
-        sel = tl.load(QUERIES + c + rank, mask=sel_ok, other=0)
+        # flat (b, g, query, slot) position of the pair; int32 and a constexpr divisor (a shift
+        # for n = 4): with int64 division by runtime values this kernel took 1.4x as long (H100)
+        pair = tl.load(ORDER + c + rank, mask=sel_ok, other=0).to(tl.int32)
+        sel = tl.where(sel_ok, pair // N_SLOTS - bg * length, 0)
         dk, dv = _dkdv_rows(
             dk, dv, k, v, keys, sel, heads, head_ok & sel_ok,
             q_base, do_base, LSE, DELTA, lse_base,
@@ -449,23 +453,47 @@ def _ltis_bwd_dkdv(
     tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
+@triton.jit
+def _pair_keys(
+    IDX, SEQ_LEN, KEYS, s_b, s_g, s_l, s_t, length, kv_heads, n_slots, num_blocks, n_pairs, left_out,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Sort key of every (batch, kv head, query, slot) pair, in that flat order: its CSR row
+    (b * G + g) * nb + block, or left_out = B * G * nb (past every row) for a pair that
+    is left out."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = i < n_pairs
+    slot = i % n_slots
+    query = (i // n_slots) % length
+    bg = i // (n_slots * length)
+    b = bg // kv_heads
+    blk = tl.load(IDX + b * s_b + (bg % kv_heads) * s_g + query * s_l + slot * s_t, mask=in_range, other=-1)
+    live = blk >= 0
+    if SEQ_LEN is not None:
+        live = live & (query < tl.load(SEQ_LEN + b, mask=in_range, other=0))
+    tl.store(KEYS + i, tl.where(live, bg * num_blocks + blk.to(tl.int32), left_out), mask=in_range)
+
+
 def _invert(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
-    """CSR of the queries that selected each block: (offsets [B*G*nb + 1], queries) int32.
+    """CSR of the (query, slot) pairs that selected each block: offsets [B*G*nb + 1] int32 and
+    the pairs' flat (b, g, query, slot) positions in block order (int64 from the sort; the dk/dv
+    kernel takes query = position // n - (b * G + g) * L).
 
     Pairs with slot -1 or a query at or past seq_len are left out. A stable sort keeps each
     block's queries in ascending order: deterministic sums and neighbouring q rows per chunk.
+    One kernel for the keys, the sort, one search: few launches, as the host is what a step at
+    short L waits for.
     """
     b, g, length, n = block_idx.shape
     num_blocks = length // reference.BLOCK
-    device = block_idx.device
-    live = block_idx >= 0
-    if seq_len is not None:
-        live &= torch.arange(length, device=device)[:, None] < seq_len.view(b, 1, 1, 1)
-    group = torch.arange(b * g, device=device, dtype=torch.int32).view(b, g, 1, 1) * num_blocks
-    key = torch.where(live, group + block_idx.to(torch.int32), b * g * num_blocks).flatten()  # int32: half the radix passes
-    key, order = torch.sort(key, stable=True)
-    offsets = torch.searchsorted(key, torch.arange(b * g * num_blocks + 1, device=device, dtype=torch.int32))
-    return offsets.to(torch.int32), (order // n % length).to(torch.int32)
+    n_pairs = block_idx.numel()
+    keys = torch.empty(n_pairs, device=block_idx.device, dtype=torch.int32)  # int32: half the radix passes
+    _pair_keys[(triton.cdiv(n_pairs, 1024),)](
+        block_idx, seq_len, keys, *block_idx.stride(), length, g, n, num_blocks, n_pairs, b * g * num_blocks, BLOCK=1024
+    )
+    keys, order = torch.sort(keys, stable=True)
+    rows = torch.arange(b * g * num_blocks + 1, device=block_idx.device, dtype=torch.int32)
+    return torch.searchsorted(keys, rows, out_int32=True), order
 
 
 def _stages(tile_bytes: int) -> int:
@@ -492,7 +520,7 @@ def _attention_config(group_p: int) -> dict[str, int]:
     return dict(BLOCK_Q=max(1, reference.BLOCK // group_p), num_warps=1, num_stages=1)
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None) -> None:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None) -> None:
     """The shared GQA checks plus the block index layout."""
     check_gqa(q, k, v, seq_len, max_head_dim=_MAX_HEAD_DIM)
     (b, _, length, _), g = q.shape, k.shape[1]
@@ -502,6 +530,66 @@ def _check(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor |
         raise ValueError(f"block_idx is on {block_idx.device}, q on {q.device}")
 
 
+def launch_forward(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]).
+    seq_len as device_lengths gives it."""
+    b, h, length, d = q.shape
+    kv_heads = k.shape[1]
+    out = empty_blhd(q, h)
+    lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
+    meta = _meta(q, kv_heads)
+    _ltis_fwd[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
+        q, k, v, block_idx, seq_len, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(),
+        length, block_idx.shape[3], kv_heads, scale * LOG2E.value, **meta,
+    )  # fmt: skip
+    return out, lse
+
+
+def launch_backward(
+    q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor,
+    dout: Tensor, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv (laid out like the forward's output and [B, L, G, d]) from the forward's
+    output and logsumexp."""
+    b, h, length, _ = q.shape
+    kv_heads, n_slots = k.shape[1], block_idx.shape[3]
+    qk_scale = scale * LOG2E.value
+    meta = _meta(q, kv_heads)
+    dq = empty_blhd(q, h)  # same shape and layout as out: shares its strides
+    delta = torch.empty_like(lse)
+    _ltis_bwd_dq[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
+        q, k, v, block_idx, seq_len, out, dout, dq, lse, delta,
+        *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),
+        length, n_slots, kv_heads, qk_scale, scale, **meta,
+    )  # fmt: skip
+
+    if n_slots and length >= reference.BLOCK:
+        offsets, order = _invert(block_idx, seq_len)
+    else:  # nothing selectable: only the own blocks
+        offsets = torch.zeros(1, device=q.device, dtype=torch.int32)
+        order = torch.zeros(1, device=q.device, dtype=torch.int64)
+    dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
+    meta = {name: meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
+    step_bytes = reference.BLOCK * meta["GROUP_P"] * meta["BLOCK_D"] * q.element_size()  # q or dO rows of a step
+    _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
+        q, k, v, dout, dk, dv, lse, delta, seq_len, offsets, order,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
+        length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, scale,
+        **meta, N_SLOTS=max(n_slots, 1), num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+def _meta(q: Tensor, kv_heads: int) -> dict[str, object]:
+    """Compile-time parameters of the forward and dq kernels."""
+    group = q.shape[1] // kv_heads
+    group_p = triton.next_power_of_2(group)
+    d = q.shape[3]
+    return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=_dot_mode(q.dtype),
+                **_attention_config(group_p))
+
+
 class _LtisAttention(torch.autograd.Function):
     """Autograd wrapper: saves q, k, v, block_idx, the output and the fp32 logsumexp [B, H, L]."""
 
@@ -509,53 +597,15 @@ class _LtisAttention(torch.autograd.Function):
     def forward(
         ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None
     ) -> Tensor:
-        b, h, length, d = q.shape
-        kv_heads = k.shape[1]
-        group = h // kv_heads
-        group_p = triton.next_power_of_2(group)
-        out = empty_blhd(q, h)
-        lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
-        config = _attention_config(group_p)
-        grid = (triton.cdiv(length, config["BLOCK_Q"]), b * kv_heads)
-        meta = dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=_dot_mode(q.dtype), **config)
-        _ltis_fwd[grid](
-            q, k, v, block_idx, seq_len, out, lse,
-            *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(),
-            length, block_idx.shape[3], kv_heads, scale * LOG2E.value, **meta,
-        )  # fmt: skip
+        out, lse = launch_forward(q, k, v, block_idx, scale, seq_len)
         ctx.save_for_backward(q, k, v, block_idx, seq_len, out, lse)
-        ctx.scale, ctx.grid, ctx.meta = scale, grid, meta
+        ctx.scale = scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
-        q, k, v, block_idx, seq_len, out, lse = ctx.saved_tensors
-        b, h, length, _ = q.shape
-        kv_heads, n_slots = k.shape[1], block_idx.shape[3]
-        qk_scale = ctx.scale * LOG2E.value
-        dq = empty_blhd(q, h)  # same shape and layout as out: shares its strides
-        delta = torch.empty_like(lse)
-        _ltis_bwd_dq[ctx.grid](
-            q, k, v, block_idx, seq_len, out, dout, dq, lse, delta,
-            *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),
-            length, n_slots, kv_heads, qk_scale, ctx.scale, **ctx.meta,
-        )  # fmt: skip
-
-        if n_slots and length >= reference.BLOCK:
-            offsets, queries = _invert(block_idx, seq_len)
-        else:  # nothing selectable: only the own blocks
-            offsets = queries = torch.zeros(1, device=q.device, dtype=torch.int32)
-        dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
-        meta = {name: ctx.meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
-        step_bytes = reference.BLOCK * meta["GROUP_P"] * meta["BLOCK_D"] * q.element_size()  # q or dO rows of a step
-        _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
-            q, k, v, dout, dk, dv, lse, delta, seq_len, offsets, queries,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
-            length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, ctx.scale,
-            **meta, num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
-        )  # fmt: skip
-        return dq, dk, dv, None, None, None
+        return *launch_backward(*ctx.saved_tensors, dout, ctx.scale), None, None, None
 
 
 def ltis_attention(
@@ -567,5 +617,5 @@ def ltis_attention(
 
     The output is [B, H, L, d] laid out as [B, L, H, d] in memory.
     """
-    _check(q, k, v, block_idx, seq_len)
+    check_inputs(q, k, v, block_idx, seq_len)
     return _LtisAttention.apply(q, k, v, block_idx, scale, device_lengths(seq_len, q.device))

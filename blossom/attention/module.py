@@ -117,17 +117,19 @@ class BlossomAttention(nn.Module):
         the merge, which keeps the inference peak to the branch outputs."""
         q, k, v = self.project(x)
         ops = self.backend
-        ltis = stis = compressed = None
-        if self.branches in ("both", "ltis"):
-            # selection passes no gradient: the compressor records a graph only for the compressed branch
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.compressed):
-                ck = reference.compress_keys(k, self.k_intrablock_positions, self.k_compress)
-            block_idx = ops.select(q.detach(), ck.detach(), self.scale, self.num_selected)
+        if self.branches == "stis":
+            return None, ops.stis(q, k, v, self.scale, seq_len), None
+        # selection passes no gradient: the compressor records a graph only for the compressed branch
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.compressed):
+            ck = reference.compress_keys(k, self.k_intrablock_positions, self.k_compress)
+        block_idx = ops.select(q.detach(), ck.detach(), self.scale, self.num_selected)
+        stis = compressed = None
+        if self.branches == "both":  # one call: the backend may share work and gradients between them
+            ltis, stis = ops.branches(q, k, v, block_idx, self.scale, seq_len)
+        else:
             ltis = ops.ltis(q, k, v, block_idx, self.scale, seq_len)
-            if self.compressed:
-                compressed = self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
-        if self.branches in ("both", "stis"):
-            stis = ops.stis(q, k, v, self.scale, seq_len)
+        if self.compressed:
+            compressed = self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
         return ltis, stis, compressed
 
     def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:

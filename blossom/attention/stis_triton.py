@@ -120,12 +120,13 @@ def _stis_bwd_dq(
     sdo_b, sdo_h, sdo_l, sdo_d,
     length, num_offsets, kv_heads, scale, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     """dq for one query tile x (batch, kv head), walking the offsets like the forward.
 
     Also writes delta = rowsum(dO * O), which the dk/dv kernel needs: computing it here saves a
-    separate pass over dO and O. DQ has O's strides.
+    separate pass over dO and O. DQ has O's strides. ACCUMULATE: add to what DQ holds (the
+    other branch's dq) instead of overwriting it.
     """
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
@@ -163,7 +164,10 @@ def _stis_bwd_dq(
 
     out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
     dq_ptrs = _head_ptrs(DQ + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=out_mask)
+    dq = dq * scale
+    if ACCUMULATE:
+        dq += tl.load(dq_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -176,10 +180,11 @@ def _stis_bwd_dkdv(
     sdk_b, sdk_h, sdk_l, sdk_d,
     length, num_offsets, kv_heads, scale, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
-    group's heads, so each program owns its output rows (DK and DV share strides)."""
+    group's heads, so each program owns its output rows (DK and DV share strides). ACCUMULATE:
+    add to what DK and DV hold (the other branch's gradients)."""
     s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     keys = s0 + tl.arange(0, BLOCK)
@@ -215,8 +220,13 @@ def _stis_bwd_dkdv(
 
     out_mask = (keys < length)[:, None] & col_ok[None, :]
     offs = _row_ptrs(b * sdk_b + g * sdk_h, keys, cols, sdk_l, sdk_d)
-    tl.store(DK + offs, (tl.sum(dk, axis=0) * scale).to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + offs, tl.sum(dv, axis=0).to(DV.dtype.element_ty), mask=out_mask)
+    dk = tl.sum(dk, axis=0) * scale
+    dv = tl.sum(dv, axis=0)
+    if ACCUMULATE:
+        dk += tl.load(DK + offs, mask=out_mask, other=0.0).to(tl.float32)
+        dv += tl.load(DV + offs, mask=out_mask, other=0.0).to(tl.float32)
+    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
 def _config(length: int, group_p: int, block_d: int) -> tuple[int, int, int]:
@@ -235,51 +245,74 @@ def _check(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None) -> None:
     check_gqa(q, k, v, seq_len, max_head_dim=_MAX_HEAD_DIM)
 
 
+def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]).
+    seq_len as device_lengths gives it."""
+    b, h, length, _ = q.shape
+    kv_heads = k.shape[1]
+    out = empty_blhd(q, h)
+    lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
+    block_fwd, _, meta = _meta(q, kv_heads)
+    _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
+        q, k, v, out, lse, seq_len,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
+    )  # fmt: skip
+    return out, lse
+
+
+def launch_backward(
+    q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor, dout: Tensor, scale: float,
+    add_to: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv from the forward's output and logsumexp. add_to: the other branch's (dq, dk,
+    dv), laid out like this branch's gradients, which the kernels add to in place and return:
+    no separate sum of the two branches' gradients (three kernels and three buffers less)."""
+    b, kv_heads, length, _ = k.shape
+    if add_to is not None and (add_to[0].stride() != out.stride() or add_to[1].stride() != add_to[2].stride()):
+        raise ValueError("add_to must be laid out like the branch's own gradients (dq like the output, dk like dv)")
+    dq, dk, dv = grads = add_to or (empty_blhd(q, q.shape[1]), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads))
+    delta = torch.empty_like(lse)
+    common = (length, len(reference.stis_offsets(length)), kv_heads, scale, scale * LOG2E.value)
+    _, block_bwd, meta = _meta(q, kv_heads)
+    meta.update(BLOCK=block_bwd, ACCUMULATE=add_to is not None)
+    grid = (triton.cdiv(length, block_bwd), b * kv_heads)
+    _stis_bwd_dq[grid](
+        q, k, v, out, dout, dq, lse, delta, seq_len,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),
+        *common, **meta,
+    )  # fmt: skip
+    _stis_bwd_dkdv[grid](
+        q, k, v, dout, dk, dv, lse, delta, seq_len,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
+        *common, **meta,
+    )  # fmt: skip
+    return grads
+
+
+def _meta(q: Tensor, kv_heads: int) -> tuple[int, int, dict[str, int]]:
+    """(forward tile, backward tile, the other compile-time parameters)."""
+    length, d = q.shape[2], q.shape[3]
+    group = q.shape[1] // kv_heads
+    group_p, block_d = triton.next_power_of_2(group), triton.next_power_of_2(d)
+    block_fwd, block_bwd, num_warps = _config(length, group_p, block_d)
+    return block_fwd, block_bwd, dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=block_d, num_warps=num_warps)
+
+
 class _StisAttention(torch.autograd.Function):
     """Autograd wrapper: saves q, k, v, the output and the fp32 logsumexp [B, H, L]."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None) -> Tensor:
-        b, h, length, d = q.shape
-        kv_heads = k.shape[1]
-        group = h // kv_heads
-        group_p, block_d = triton.next_power_of_2(group), triton.next_power_of_2(d)
-        block_fwd, block_bwd, num_warps = _config(length, group_p, block_d)
-        seq_len = device_lengths(seq_len, q.device)
-        out = empty_blhd(q, h)
-        lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
-        num_offsets = len(reference.stis_offsets(length))
-        meta = dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=block_d, num_warps=num_warps)
-        _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
-            q, k, v, out, lse, seq_len,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            length, num_offsets, kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, out, lse, seq_len)
-        ctx.scale, ctx.num_offsets, ctx.meta = scale, num_offsets, dict(meta, BLOCK=block_bwd)
+        out, lse = launch_forward(q, k, v, scale, seq_len)
+        ctx.save_for_backward(q, k, v, seq_len, out, lse)
+        ctx.scale = scale
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
-        q, k, v, out, lse, seq_len = ctx.saved_tensors
-        b, kv_heads, length, _ = k.shape
-        dq = empty_blhd(q, q.shape[1])  # same shape and layout as out: shares its strides
-        dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
-        delta = torch.empty_like(lse)
-        common = (length, ctx.num_offsets, kv_heads, ctx.scale, ctx.scale * LOG2E.value)
-        grid = (triton.cdiv(length, ctx.meta["BLOCK"]), b * kv_heads)
-        _stis_bwd_dq[grid](
-            q, k, v, out, dout, dq, lse, delta, seq_len,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),
-            *common, **ctx.meta,
-        )  # fmt: skip
-        _stis_bwd_dkdv[grid](
-            q, k, v, dout, dk, dv, lse, delta, seq_len,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
-            *common, **ctx.meta,
-        )  # fmt: skip
-        return dq, dk, dv, None, None
+        return *launch_backward(*ctx.saved_tensors, dout, ctx.scale), None, None
 
 
 def stis_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None = None) -> Tensor:
@@ -289,4 +322,4 @@ def stis_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tenso
     The output is [B, H, L, d] laid out as [B, L, H, d] in memory.
     """
     _check(q, k, v, seq_len)
-    return _StisAttention.apply(q, k, v, scale, seq_len)
+    return _StisAttention.apply(q, k, v, scale, device_lengths(seq_len, q.device))

@@ -12,6 +12,8 @@ set (`pytest -m gpu` on a CUDA machine) draws 60 random shapes up to L = 4097.
 from __future__ import annotations
 
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import Tensor
@@ -199,12 +201,17 @@ def test_attention_matches_reference(shape, dtype, layout, lengths) -> None:
     check_case(shape, dtype, layout, lengths, "cpu", seed=0)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
-def test_padding_is_never_read(device: str) -> None:
-    """NaN in the padded part of k and v reaches no valid output and no gradient."""
+def check_padding_with_selection(attend: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor], device: str) -> None:
+    """NaN in the padded part of k and v reaches no valid output and no gradient of
+    attend(q, k, v, block_idx, seq_len), under a selection that also picks padded blocks."""
     shape, lengths = (2, 4, 2, 48, 16), [48, 21]
     block_idx = make_block_idx(inputs(shape, F32, "contiguous", device, seed=3)[0], 2, 4, drop=0.0, seed=3)
-    check_padding_never_read(lambda q, k, v, n: ltis_attention(q, k, v, block_idx, SCALE, n), shape, lengths, device)
+    check_padding_never_read(lambda q, k, v, n: attend(q, k, v, block_idx, n), shape, lengths, device)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_padding_is_never_read(device: str) -> None:
+    check_padding_with_selection(lambda q, k, v, idx, n: ltis_attention(q, k, v, idx, SCALE, n), device)
 
 
 def test_rejects_badinputs() -> None:

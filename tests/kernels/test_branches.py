@@ -1,0 +1,71 @@
+"""Both branches in one Function (blossom/attention/branches_triton.py) against the references.
+
+The outputs are checked through a fixed mix 0.75 * ltis - 1.5 * stis, so a swapped output or a
+gradient sent to the wrong branch fails, and dq, dk, dv must be the sum of both branches'
+gradients (the STIS kernels add theirs into the LTIS buffers in place). Flash-attention
+tolerance rule (tolerance.py); CPU cases in the Triton interpreter, a gpu set of random shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from blossom.attention import reference, stis_triton
+from blossom.attention.branches_triton import both_branches
+
+from .cases import BF16, F16, F32, check_branch, gpu_case, inputs, needs_cuda
+from .test_ltis import SCALE, check_padding_with_selection, make_block_idx
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+def _mix(ltis: Tensor, stis: Tensor) -> Tensor:
+    return 0.75 * ltis - 1.5 * stis
+
+
+def check_case(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
+    qkv = inputs(shape, dtype, layout, device, seed)
+    block_idx = make_block_idx(qkv[0], shape[2], reference.NUM_SELECTED, drop=0.2, seed=seed)
+
+    def reference_pair(q, k, v, seq_len):
+        ltis = reference.ltis_attention(q, k, v, block_idx, SCALE, seq_len)
+        return _mix(ltis, reference.stis_attention(q, k, v, SCALE, seq_len))
+
+    check_branch(lambda q, k, v, seq_len: _mix(*both_branches(q, k, v, block_idx, SCALE, seq_len)),
+                 reference_pair, qkv, lengths, seed)
+
+
+CPU_CASES = [
+    ((2, 4, 2, 40, 16), F32, "qkv", [40, 9]),
+    ((1, 2, 1, 20, 16), F16, "contiguous", None),
+    ((1, 4, 2, 36, 16), BF16, "qkv", [30]),
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), CPU_CASES)
+def test_matches_reference(shape, dtype, layout, lengths) -> None:
+    check_case(shape, dtype, layout, lengths, "cpu", seed=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_padding_is_never_read(device: str) -> None:
+    check_padding_with_selection(lambda q, k, v, idx, n: _mix(*both_branches(q, k, v, idx, SCALE, n)), device)
+
+
+def test_accumulation_target_must_match_the_layout() -> None:
+    """Adding into buffers of another layout would scatter the sum: refused before any launch."""
+    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16)
+    out, lse = torch.zeros(1, 8, 4, 16).transpose(1, 2), torch.zeros(1, 4, 8)
+    wrong = (torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16))  # dq not laid out like out
+    with pytest.raises(ValueError, match="laid out"):
+        stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, add_to=wrong)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(12))
+def test_gpu_random_shapes(index: int) -> None:
+    """12 of the GPU case list's shapes (the issue's edge lengths first): each branch has its own 60."""
+    check_case(*gpu_case(index, seed=2000), "cuda", seed=index)
