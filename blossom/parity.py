@@ -53,8 +53,8 @@ class Row:
         return max(self.errors.values())
 
 
-def load_authors(code_dir: Path) -> ModuleType:
-    """Import BlossomAttn.py from a checkout of the authors' repository, runnable on any device."""
+def load_authors(code_dir: Path, device: str = "cpu") -> ModuleType:
+    """Import BlossomAttn.py from a checkout of the authors' repository, its STIS mask built on `device`."""
     if not (Path(code_dir) / "BlossomAttn.py").is_file():
         raise BlossomError(f"no BlossomAttn.py in {code_dir}: clone {AUTHORS_CODE.split(' @ ')[0]} and check out 8fe1eb2")
     sys.path.insert(0, str(code_dir))
@@ -65,13 +65,13 @@ def load_authors(code_dir: Path) -> ModuleType:
         raise BlossomError(f"cannot import the authors' code ({err}); it needs: pip install einops einx rotary-embedding-torch") from err
     finally:
         sys.path.remove(str(code_dir))
-    # their STIS mask is built on CUDA unless told otherwise; the comparison runs on the CPU
-    module.power_bool_mask = partial(module.power_bool_mask, device=torch.device("cpu"))
+    # their STIS mask is built on CUDA unless told otherwise
+    module.power_bool_mask = partial(module.power_bool_mask, device=torch.device(device))
     return module
 
 
-def paired_layers(authors: ModuleType, backend: str, seed: int = 0) -> tuple[nn.Module, BlossomAttention]:
-    """Their layer with random weights (rotary frequencies kept) and ours with the same weights."""
+def paired_layers(authors: ModuleType, backend: str, device: str = "cpu", seed: int = 0) -> tuple[nn.Module, BlossomAttention]:
+    """Their layer with random weights (rotary frequencies kept) and ours with the same weights, on `device`."""
     torch.manual_seed(seed)
     theirs = authors.SparseAttention(**AUTHORS_KWARGS)
     with torch.no_grad():
@@ -83,7 +83,7 @@ def paired_layers(authors: ModuleType, backend: str, seed: int = 0) -> tuple[nn.
     with torch.no_grad():
         for mine, their_name in SHARED.items():
             ours.get_parameter(mine).copy_(source[their_name])
-    return theirs, ours
+    return theirs.to(device), ours.to(device)
 
 
 def _run(layer: nn.Module, call, x: Tensor, dout: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -97,10 +97,11 @@ def compare(theirs: nn.Module, ours: BlossomAttention, lengths: list[int], seed:
     """Relative errors (ours vs theirs) of the outputs at valid positions and of the gradients."""
     length = max(lengths)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lengths), length, AUTHORS_KWARGS["dim"], generator=gen)
-    dout = torch.randn(x.shape, generator=gen)
-    seq_len = torch.tensor(lengths)
-    valid = torch.arange(length)[None, :] < seq_len[:, None]
+    device = next(ours.parameters()).device
+    x = torch.randn(len(lengths), length, AUTHORS_KWARGS["dim"], generator=gen).to(device)
+    dout = torch.randn(x.shape, generator=gen).to(device)
+    seq_len = torch.tensor(lengths, device=device)
+    valid = torch.arange(length, device=device)[None, :] < seq_len[:, None]
     ref, ref_grads = _run(theirs, lambda m, x: m(x, attention_mask=valid), x, dout, valid)
     out, grads = _run(ours, lambda m, x: m(x, seq_len), x, dout, valid)
     errors = {"out": ((out - ref)[valid].norm() / ref[valid].norm()).item()}
@@ -109,12 +110,12 @@ def compare(theirs: nn.Module, ours: BlossomAttention, lengths: list[int], seed:
     return errors
 
 
-def run_parity(code_dir: Path, backends: list[str], cases: list[list[int]]) -> list[Row]:
+def run_parity(code_dir: Path, backends: list[str], cases: list[list[int]], device: str = "cpu") -> list[Row]:
     """Every (backend, case); a case is the batch's sequence lengths, the first one the padded length."""
-    authors = load_authors(code_dir)
+    authors = load_authors(code_dir, device)
     rows = []
     for backend in backends:
-        theirs, ours = paired_layers(authors, backend)
+        theirs, ours = paired_layers(authors, backend, device)
         for lengths in cases:
             rows.append(Row(backend, max(lengths), tuple(lengths), compare(theirs, ours, lengths)))
     return rows

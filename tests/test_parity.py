@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from blossom import parity
 from blossom.cli import main
@@ -84,3 +85,19 @@ def test_cli_exit_code_says_whether_they_agree(tmp_path: Path, capsys: pytest.Ca
     assert "the two agree" in out.read_text()
     assert main([*args, "--authors-code", str(stand_in(tmp_path, swap=True))]) == 1
     assert "DIFFER" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["parity", "--authors-code", str(stand_in(tmp_path, swap=False)), "--lengths", "32", "--device", "cuda"]
+    assert main(args) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_both_backends_on_the_gpu(tmp_path: Path) -> None:
+    """Both codes on the GPU, ours as compiled kernels: the harness moves layers and inputs there."""
+    rows = parity.run_parity(stand_in(tmp_path, swap=False), ["torch", "triton"], [[200, 80]], device="cuda")
+    assert max(r.worst for r in rows) <= parity.TOLERANCE, parity.format_rows(rows)
+    assert parity.run_parity(stand_in(tmp_path, swap=True), ["triton"], [[200, 80]], device="cuda")[0].errors["out"] > 100 * parity.TOLERANCE
