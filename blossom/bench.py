@@ -54,7 +54,7 @@ from blossom.attention.module import BlossomAttention
 from blossom.attention.reference import LOCAL_WINDOW, merge_heads
 from blossom.errors import BlossomError
 from blossom.io import atomic_write_text
-from blossom.measure import MIB, Measure
+from blossom.measure import MIB, Measure, resolve_device
 
 IMPLS = ("blossom_triton", "blossom_reference", "naive", "sdpa", "flex")
 PHASES = ("train", "infer")
@@ -217,15 +217,6 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     return text[:limit]
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` = cuda when present; asking for cuda without it is a user error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BlossomError("--device cuda, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def device_name(device: torch.device) -> str:
     """What the device column says: the GPU's marketing name, or "cpu"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -360,9 +351,14 @@ def _ratio(value: object, reference: object) -> float | str:
     return ""
 
 
+def _mode(row: dict[str, object]) -> object:
+    """A row's mode; rows of CSVs written before modes existed are eager."""
+    return row.get("mode", "eager")
+
+
 def _cell_key(row: dict[str, object]) -> tuple[object, ...]:
-    """(L, phase, mode) of a row; rows of CSVs written before modes existed are eager."""
-    return row["seq_len"], row["phase"], row.get("mode", "eager")
+    """(L, phase, mode) of a row."""
+    return row["seq_len"], row["phase"], _mode(row)
 
 
 def add_ratios(rows: list[dict[str, object]]) -> None:
@@ -447,7 +443,7 @@ def plot_bench(csv_path: Path, out_dir: Path) -> list[Path]:
         raise BlossomError(f"{csv_path} has no rows to plot")
     described = {key: ", ".join(sorted({r[key] for r in rows})) for key in ("device", "dtype", "batch_size")}
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    modes = list(dict.fromkeys(r.get("mode", "eager") for r in rows))
+    modes = list(dict.fromkeys(_mode(r) for r in rows))
     seq_lens = sorted({int(r["seq_len"]) for r in rows})
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -456,7 +452,7 @@ def plot_bench(csv_path: Path, out_dir: Path) -> list[Path]:
         for ax, phase in zip(axes[0], PHASES):
             has_data = False
             for (color, impl), mode in itertools.product(enumerate(impls), modes):  # colour = impl, dashes = graph
-                cells = [r for r in rows if r["impl"] == impl and r["phase"] == phase and r.get("mode", "eager") == mode]
+                cells = [r for r in rows if r["impl"] == impl and r["phase"] == phase and _mode(r) == mode]
                 points = sorted((int(r["seq_len"]), v) for r in cells
                                 if r["status"] == "ok" and (v := _number(r[metric])) is not None and v > 0)
                 ooms = [int(r["seq_len"]) for r in cells if r["status"] == "oom"]

@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 import torch
 
+from blossom.errors import BlossomError
+
 MIB = 1024 * 1024
 NO_GPU = "n/a (no NVIDIA GPU)"
 
@@ -31,6 +33,15 @@ def load_nvml() -> ModuleType | None:
     except pynvml.NVMLError:
         return None
     return pynvml
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = cuda when present; asking for cuda without it is a user error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BlossomError("--device cuda, but torch sees no CUDA device")
+    return torch.device(name)
 
 
 def _nvml_handle(nvml: ModuleType, device: torch.device) -> Any:

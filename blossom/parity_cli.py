@@ -29,12 +29,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from blossom.errors import BlossomError
     from blossom.io import atomic_write_text
+    from blossom.measure import resolve_device
     from blossom.parity import AUTHORS_CODE, TOLERANCE, format_rows, run_parity
 
     if min(args.lengths) < 16:
         raise BlossomError("--lengths must be >= 16: the authors' code fails below one block (DESIGN 2.7)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BlossomError("--device cuda, but torch sees no CUDA device")
+    resolve_device(args.device)  # a clear error for cuda without a GPU
     cases = [[length, max(16, length * 2 // 5)] for length in args.lengths]
     rows = run_parity(args.authors_code, args.backends, cases, args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "the CPU"
