@@ -227,9 +227,9 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def default_out(device: str = "auto") -> Path:
-    """results/bench/attention_<device-slug>.csv for the device this run would use."""
-    return Path("results/bench") / f"attention_{device_slug(device_name(resolve_device(device)))}.csv"
+def default_out(device: str = "auto", kind: str = "attention") -> Path:
+    """results/bench/<kind>_<device-slug>.csv for the device this run would use."""
+    return Path("results/bench") / f"{kind}_{device_slug(device_name(resolve_device(device)))}.csv"
 
 
 def _phase_step(module: nn.Module, x: Tensor, seq_len: Tensor, phase: str) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -291,13 +291,10 @@ def _capture(step: Callable[[], None], reset: Callable[[], None], device: torch.
     return graph.replay
 
 
-def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device,
-                 mode: str = "eager") -> dict[str, object]:
-    """Time and memory of one (impl, L, phase, mode); raises on failure (run_cell turns that into a status).
-
-    In cuda_graph mode the memory columns cover the capture, whose private pool holds the
-    repetition's working memory, and the replays (which allocate nothing).
-    """
+def prepare_cell(config: BenchConfig, impl: str, seq_len: int, phase: str,
+                 device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, reset) of one cell's layer and input (seed 0, full lengths), after the warm-up
+    repetitions: what is timed (measure_cell) or profiled (bench_profile) next."""
     torch.manual_seed(0)
     dtype = DTYPES[config.dtype]
     module = BUILDERS[impl](config, seq_len, device).to(device=device, dtype=dtype)
@@ -308,6 +305,17 @@ def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, devic
         reset()
         step()
     reset()
+    return step, reset
+
+
+def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device,
+                 mode: str = "eager") -> dict[str, object]:
+    """Time and memory of one (impl, L, phase, mode); raises on failure (run_cell turns that into a status).
+
+    In cuda_graph mode the memory columns cover the capture, whose private pool holds the
+    repetition's working memory, and the replays (which allocate nothing).
+    """
+    step, reset = prepare_cell(config, impl, seq_len, phase, device)
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.cuda.synchronize(device)
@@ -335,8 +343,14 @@ def release_memory(device: torch.device) -> None:
 def run_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, device: torch.device,
              mode: str = "eager") -> dict[str, object]:
     """measure_cell with every failure turned into a status; memory is released either way."""
+    return guarded(lambda: measure_cell(config, impl, seq_len, phase, device, mode), device)
+
+
+def guarded(cell: Callable[[], dict[str, object]], device: torch.device) -> dict[str, object]:
+    """cell() or, if it raises, {"status": ...}: "unavailable: <why>", "oom" or "error: <first line>".
+    Memory is released either way."""
     try:
-        result = measure_cell(config, impl, seq_len, phase, device, mode)
+        result = cell()
     except Unavailable as err:
         result = {"status": f"unavailable: {err}"}
     except Exception as err:  # one cell must never end the run
@@ -370,16 +384,16 @@ def add_ratios(rows: list[dict[str, object]]) -> None:
         row["ratio_mem_vs_sdpa"] = _ratio(row.get("peak_mem_mib"), ref.get("peak_mem_mib"))
 
 
-def write_csv(path: Path, rows: Iterable[dict[str, object]]) -> None:
-    """Atomic rewrite with the COLUMNS header; missing values are empty cells."""
+def write_csv(path: Path, rows: Iterable[dict[str, object]], columns: tuple[str, ...] = COLUMNS) -> None:
+    """Atomic rewrite with the columns as header; missing values are empty cells."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, restval="", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
 
 
-def _triton_version() -> str:
+def triton_version() -> str:
     try:
         import triton
     except ImportError:
@@ -395,7 +409,7 @@ def run_attention_bench(config: BenchConfig, out: Path, log: Callable[[str], Non
     """
     device = resolve_device(config.device)
     common = {"batch_size": config.batch_size, "dtype": config.dtype, "device": device_name(device),
-              "torch": torch.__version__, "triton": _triton_version()}
+              "torch": torch.__version__, "triton": triton_version()}
     skipped: dict[tuple[str, str, str], str] = {}
     rows: list[dict[str, object]] = []
     cells = [(L, p, m, i) for L in sorted(set(config.seq_lens)) for p in config.phases for m in config.modes

@@ -1,4 +1,5 @@
-"""`blossom bench attention|plot`: the attention microbenchmark and its plots (blossom/bench.py).
+"""`blossom bench attention|profile|plot`: the attention microbenchmark (blossom/bench.py), its
+per-kernel profile (blossom/bench_profile.py) and its plots.
 
 Options left out take their value from the FULL preset (the paper-scale GPU run) or, with --quick,
 the QUICK preset (a few seconds on a CPU); names and values are validated in blossom.bench.
@@ -10,30 +11,33 @@ import argparse
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from blossom.bench import BenchConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `bench attention` and `bench plot` (argparse only: torch is imported by the handlers)."""
+    """Add `bench attention`, `bench profile` and `bench plot` (argparse only: torch is imported by
+    the handlers)."""
     bench = subparsers.add_parser("bench", help="attention microbenchmark across sequence lengths")
     commands = bench.add_subparsers(dest="bench_command", required=True)
 
     attention = commands.add_parser("attention", help="time and memory of one attention layer per implementation")
-    attention.add_argument("--quick", action="store_true", help="small CPU-sized preset (L 32 64, batch 2, fp32)")
-    attention.add_argument("--seq-lens", dest="seq_lens", type=int, nargs="+", help="default 200 512 1024 2048 4096 8192")
-    attention.add_argument("--batch-size", dest="batch_size", type=int, help="default 64")
-    attention.add_argument("--hidden", type=int, help="model width D (default 128)")
-    attention.add_argument("--heads", type=int, help="query heads (default 8)")
-    attention.add_argument("--kv-heads", dest="kv_heads", type=int, help="BlossomRec/flex kv heads (default 2)")
-    attention.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
-    attention.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa flex (default all)")
-    attention.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
+    _add_cell_options(attention)
     attention.add_argument("--modes", nargs="+", help="eager and/or cuda_graph (whole repetition replayed; default eager)")
     attention.add_argument("--repeats", type=int, help="timed repetitions, median reported (default 20)")
-    attention.add_argument("--warmup", type=int, help="untimed repetitions first (default 5)")
-    attention.add_argument("--device", help="auto | cuda | cpu (default auto)")
     attention.add_argument("--out", type=Path, help="CSV (default results/bench/attention_<device-slug>.csv)")
     attention.add_argument("--plots", type=Path, help="also write the plots into this folder")
     attention.set_defaults(func=run_attention)
+
+    profile = commands.add_parser("profile", help="per-kernel GPU time of the same layers (torch.profiler, eager)")
+    _add_cell_options(profile)
+    profile.add_argument("--repeats", type=int, help="profiled steps, times are per step (default 20)")
+    profile.add_argument("--top", type=int, default=15, help="kernels per cell in the printed summary (default 15)")
+    profile.add_argument("--out", type=Path, help="CSV (default results/bench/profile_<device-slug>.csv)")
+    profile.add_argument("--summary", type=Path, help="also write the printed summary to this text file")
+    profile.set_defaults(func=run_profile)
 
     plot = commands.add_parser("plot", help="plots of an attention benchmark CSV")
     plot.add_argument("--csv", type=Path, required=True, help="a CSV written by `blossom bench attention`")
@@ -41,18 +45,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.set_defaults(func=run_plot)
 
 
+def _add_cell_options(parser: argparse.ArgumentParser) -> None:
+    """What defines the benchmark's cells: shapes, dtype, impls, phases, warm-up, device."""
+    parser.add_argument("--quick", action="store_true", help="small CPU-sized preset (L 32 64, batch 2, fp32)")
+    parser.add_argument("--seq-lens", dest="seq_lens", type=int, nargs="+", help="default 200 512 1024 2048 4096 8192")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="default 64")
+    parser.add_argument("--hidden", type=int, help="model width D (default 128)")
+    parser.add_argument("--heads", type=int, help="query heads (default 8)")
+    parser.add_argument("--kv-heads", dest="kv_heads", type=int, help="BlossomRec/flex kv heads (default 2)")
+    parser.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
+    parser.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa flex (default all)")
+    parser.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
+    parser.add_argument("--warmup", type=int, help="untimed repetitions first (default 5)")
+    parser.add_argument("--device", help="auto | cuda | cpu (default auto)")
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    """The preset with the options given on the command line replaced (validated by BenchConfig)."""
+    from blossom import bench
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(bench.BenchConfig) if getattr(args, f.name, None) is not None}
+    return bench.make_config(args.quick, **overrides)
+
+
 def run_attention(args: argparse.Namespace) -> int:
     """Run the benchmark; failed cells are statuses in the CSV, so the exit code is 0 once it is written."""
     from blossom import bench
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(bench.BenchConfig) if getattr(args, f.name, None) is not None}
-    config = bench.make_config(args.quick, **overrides)
+    config = _config(args)
     out = args.out or bench.default_out(config.device)
     rows = bench.run_attention_bench(config, out)
     counts = Counter(str(r["status"]).split(":")[0] for r in rows)
     print(f"wrote {out} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
     if args.plots:
         _print_written(bench.plot_bench(out, args.plots))
+    return 0
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """Profile every cell; like the benchmark, failed cells are statuses and the exit code is 0."""
+    from blossom import bench_profile
+    from blossom.io import atomic_write_text
+
+    config = _config(args)
+    out = args.out or bench_profile.default_out(config.device)
+    rows = bench_profile.run_profile(config, out)
+    text = bench_profile.summary(rows, args.top)
+    print(text)
+    if args.summary:
+        atomic_write_text(args.summary, text + "\n")
+    print(f"wrote {out}" + (f" {args.summary}" if args.summary else ""))
     return 0
 
 
