@@ -14,9 +14,10 @@ Attention (`ltis_attention`): every query attends 16 keys per selected block plu
 causally, one exact softmax over the union. Rows are (query, head) pairs of one GQA group, so
 the group's heads share every K/V load (NSA's trick). tl.dot needs 16 rows: a program takes
 16 / (H/G) queries (4 at H/G = 4); per selected slot it loads their 4 blocks as one [64, d] key
-tile, scores all 16 rows against it on tensor cores and masks the 3/4 of the scores that belong
-to other queries; the own block is one [16, d] tile shared by the whole program (a 16-aligned
-tile never straddles blocks). The forward stores the fp32 logsumexp; the backward recomputes
+tile and scores all 16 rows against it on tensor cores; the softmax then keeps only each row's
+own query's 16 columns ([16, 16]: a quarter of the exponentials) and spreads the probabilities
+back for the tensor-core product with V. The own block is one [16, d] tile shared by the whole
+program (a 16-aligned tile never straddles blocks). The forward stores the fp32 logsumexp; the backward recomputes
 probabilities. dq walks the same slots. dk/dv use an inverted index instead of atomics: the
 (query, block) pairs are sorted by block (one small kernel writes the sort keys, then torch.sort,
 stable, so the sums are deterministic),
@@ -231,23 +232,69 @@ def _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT: tl.constexpr):
-    """Online-softmax update of rows q [M, d] with keys k, v [N, d]; mask [M, N]."""
-    s = tl.where(mask, _dot(q, tl.trans(k), DOT) * qk_scale, float("-inf"))
+def _owned(BLOCK_Q: tl.constexpr):
+    """[BLOCK_Q, 1, BLOCK_Q, 1] mask: query a owns the slot tile's columns 16a .. 16a + 15."""
+    a = tl.arange(0, BLOCK_Q)
+    return a[:, None, None, None] == a[None, None, :, None]
+
+
+@triton.jit
+def _own(x, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
+    """[rows, BLOCK_Q * 16] slot-tile scores -> [rows, 16]: each row's own query's columns
+    (row r is query r // GROUP_P's). What the softmax then works on: at 4 queries per program,
+    a quarter of the tile's exponentials, which are what a slot step spends its time on."""
+    x4 = tl.reshape(x, [BLOCK_Q, GROUP_P, BLOCK_Q, _BLOCK])
+    return tl.reshape(tl.sum(tl.where(_owned(BLOCK_Q), x4, 0.0), axis=2), [BLOCK_Q * GROUP_P, _BLOCK])
+
+
+@triton.jit
+def _spread(x, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
+    """_own's inverse: [rows, 16] -> [rows, BLOCK_Q * 16], zero outside each row's own columns
+    (the operand of the tile-wide tensor-core product with V or K)."""
+    x4 = tl.reshape(x, [BLOCK_Q, GROUP_P, 1, _BLOCK])
+    return tl.reshape(tl.where(_owned(BLOCK_Q), x4, 0.0), [BLOCK_Q * GROUP_P, BLOCK_Q * _BLOCK])
+
+
+@triton.jit
+def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale,
+              DOT: tl.constexpr, SLOT: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
+    """Online-softmax update of rows q [M, d] with keys k, v [N, d]. The own block: mask [M, N].
+    A slot tile (SLOT): mask [M, 16] over each row's own columns (_own)."""
+    s = _dot(q, tl.trans(k), DOT)
+    if SLOT:
+        s = _own(s, BLOCK_Q, GROUP_P)
+    s = tl.where(mask, s * qk_scale, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, axis=1))
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[:, None])
     denom = denom * alpha + tl.sum(p, axis=1)
+    if SLOT:
+        p = _spread(p, BLOCK_Q, GROUP_P)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT)
     return m_new, denom, acc
 
 
 @triton.jit
-def _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT: tl.constexpr):
-    """Add the contribution of keys k, v [N, d] to dq [M, d] (unscaled); mask [M, N]."""
-    p = tl.where(mask, tl.exp2(_dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
-    ds = p * (_dot(do, tl.trans(v), DOT) - delta[:, None])
+def _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale,
+             DOT: tl.constexpr, SLOT: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
+    """Add the contribution of keys k, v [N, d] to dq [M, d] (unscaled); mask as _fwd_step's."""
+    s = _dot(q, tl.trans(k), DOT)
+    dp = _dot(do, tl.trans(v), DOT)
+    if SLOT:
+        s = _own(s, BLOCK_Q, GROUP_P)
+        dp = _own(dp, BLOCK_Q, GROUP_P)
+    p = tl.where(mask, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
+    ds = p * (dp - delta[:, None])
+    if SLOT:
+        ds = _spread(ds, BLOCK_Q, GROUP_P)
     return dq + _dot(ds.to(k.dtype), k, DOT)
+
+
+@triton.jit
+def _row_mask(ok, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
+    """A slot tile's key mask [BLOCK_Q * 16] as the [rows, 16] mask of each row's own keys."""
+    ok3 = tl.broadcast_to(tl.reshape(ok, [BLOCK_Q, 1, _BLOCK]), [BLOCK_Q, GROUP_P, _BLOCK])
+    return tl.reshape(ok3, [BLOCK_Q * GROUP_P, _BLOCK])
 
 
 @triton.jit
@@ -277,7 +324,6 @@ def _ltis_fwd(
     k_base = K + b64 * sk_b + g * sk_g
     v_base = V + b64 * sv_b + g * sv_g
     idx_base = IDX + b64 * si_b + g * si_g
-    owner = (queries - tile * BLOCK_Q)[:, None] == (tl.arange(0, BLOCK_Q * _BLOCK) // _BLOCK)[None, :]
 
     m = tl.full([BLOCK_Q * GROUP_P], -1.0e30, tl.float32)  # finite: fully masked slots stay NaN-free
     denom = tl.zeros([BLOCK_Q * GROUP_P], tl.float32)
@@ -287,14 +333,14 @@ def _ltis_fwd(
             keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
             k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
             v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
-            mask = owner & ok[None, :] & row_ok[:, None]
-            m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT)
+            mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+            m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
         keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)  # the tile's own block
         ok = (keys < n_valid)[:, None] & col_ok
         k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
         v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok, other=0.0)
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
-        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT)
+        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
     denom = tl.where(row_ok, denom, 1.0)
     out = tl.where(row_ok[:, None], acc / denom[:, None], 0.0)
@@ -341,7 +387,6 @@ def _ltis_bwd_dq(
     k_base = K + b64 * sk_b + g * sk_g
     v_base = V + b64 * sv_b + g * sv_g
     idx_base = IDX + b64 * si_b + g * si_g
-    owner = (queries - tile * BLOCK_Q)[:, None] == (tl.arange(0, BLOCK_Q * _BLOCK) // _BLOCK)[None, :]
 
     dq = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
     if tile * BLOCK_Q < n_valid:
@@ -349,14 +394,14 @@ def _ltis_bwd_dq(
             keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
             k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
             v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
-            mask = owner & ok[None, :] & row_ok[:, None]
-            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT)
+            mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
         keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
         ok = (keys < n_valid)[:, None] & col_ok
         k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
         v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok, other=0.0)
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
-        dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT)
+        dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
     in_range = head_ok & (queries < length)
     dq_ptrs = _row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
@@ -509,10 +554,13 @@ def _attention_config(group_p: int) -> dict[str, int]:
 
     Rows are (query, head) pairs; tl.dot needs 16 of them, so a program takes 16 / group_p
     queries (4 at H/G = 4). Their selected blocks differ, so each slot scores the rows against
-    all the tile's 4 x 16 keys and masks the 3/4 belonging to other queries. On an H100 (B=64,
-    H=8, G=2, d=16, L=4096, bf16) that forward took 0.59 ms against 2.18 ms for exact per-row
-    products on CUDA cores. Now: 1 warp 0.47 ms, 2 warps 0.77, 4 warps 1.40; 8 queries (32 rows)
-    per program 0.73; all slots as one [16, 256] key tile 0.53; the slot loop unrolled 0.47.
+    all the tile's 4 x 16 keys on tensor cores and the softmax keeps each row's own 16 (_own).
+    On an H100 (B=64, H=8, G=2, d=16, L=4096, bf16) that forward took 0.59 ms against 2.18 ms for
+    exact per-row products on CUDA cores. Then: 1 warp 0.47 ms, 2 warps 0.77, 4 warps 1.40; 8
+    queries (32 rows) per program 0.73; all slots as one [16, 256] key tile 0.53; the slot loop
+    unrolled 0.47. The softmax on own columns only (instead of masking the other 3/4) made the
+    forward 0.95x and the backward 0.97x as long (H200, L = 1024-4096), where 8 or 16 queries per
+    program with 1-4 warps stayed 1.1-2.4x slower.
     No software pipelining (num_stages=1): the 3 stages Triton defaults to took 0.66 ms, and they
     keep 3 copies of a slot's K/V tiles in shared memory, more than an H100 has at fp32, d = 64,
     H = G (262 KB of 227 KB).
