@@ -17,11 +17,11 @@ the group's heads share every K/V load (NSA's trick). tl.dot needs 16 rows: a pr
 tile and scores all 16 rows against it on tensor cores; the softmax then keeps only each row's
 own query's 16 columns ([16, 16]: a quarter of the exponentials) and spreads the probabilities
 back for the tensor-core product with V. The own block is one [16, d] tile shared by the whole
-program (a 16-aligned tile never straddles blocks). The forward stores the fp32 logsumexp; the backward recomputes
-probabilities. dq walks the same slots. dk/dv use an inverted index instead of atomics: the
-(query, block) pairs are sorted by block (one small kernel writes the sort keys, then torch.sort,
-stable, so the sums are deterministic),
-and one program per key block gathers its own block's 16 queries (causal), then every query
+program (a 16-aligned tile never straddles blocks). The forward stores the fp32 logsumexp; the
+backward recomputes probabilities. dq walks the same slots. dk/dv use an inverted index instead
+of atomics: the (query, block) pairs are sorted by block (one small kernel writes the sort keys,
+int16 where they fit, then torch.sort, stable, so the sums are deterministic), and one program
+per key block gathers its own block's 16 queries (causal), then every query
 that selected it, in chunks of 16 queries x H/G heads: three small tensor-core dots per chunk
 against the block's K and V, no fp32 scratch buffers, no atomics (an atomic scatter would
 issue B*H*L*n*16*d*2 fp32 atomics, ~4e9 at B=64, L=4096).
