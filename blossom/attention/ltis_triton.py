@@ -232,6 +232,22 @@ def _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _kv_rows(k_base, v_base, keys, key_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d):
+    """K and V rows [len(keys), BLOCK_D] of one kv head; rows where key_ok is False are zeros,
+    never loaded."""
+    mask = key_ok[:, None] & col_ok
+    k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=mask, other=0.0)
+    v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _own_block_keys(tile, BLOCK_Q: tl.constexpr):
+    """Keys [16] of the block holding the tile's queries (a 16-aligned tile never straddles two)."""
+    return (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
+
+
+@triton.jit
 def _owned(BLOCK_Q: tl.constexpr):
     """[BLOCK_Q, 1, BLOCK_Q, 1] mask: query a owns the slot tile's columns 16a .. 16a + 15."""
     a = tl.arange(0, BLOCK_Q)
@@ -331,14 +347,11 @@ def _ltis_fwd(
     if tile * BLOCK_Q < n_valid:  # tiles past seq_len skip everything
         for t in range(n_slots):
             keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
-            k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
-            v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
+            k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
             mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
             m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
-        keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)  # the tile's own block
-        ok = (keys < n_valid)[:, None] & col_ok
-        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
-        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok, other=0.0)
+        keys = _own_block_keys(tile, BLOCK_Q)
+        k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
         m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
@@ -392,14 +405,11 @@ def _ltis_bwd_dq(
     if tile * BLOCK_Q < n_valid:
         for t in range(n_slots):
             keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
-            k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok[:, None] & col_ok, other=0.0)
-            v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok[:, None] & col_ok, other=0.0)
+            k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
             mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
             dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
-        keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
-        ok = (keys < n_valid)[:, None] & col_ok
-        k = tl.load(_row_ptrs(k_base, 0, keys, cols, 0, sk_l, sk_d), mask=ok, other=0.0)
-        v = tl.load(_row_ptrs(v_base, 0, keys, cols, 0, sv_l, sv_d), mask=ok, other=0.0)
+        keys = _own_block_keys(tile, BLOCK_Q)
+        k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
         dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
