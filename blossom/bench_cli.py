@@ -84,11 +84,11 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def run_profile(args: argparse.Namespace) -> int:
     """Profile every cell; like the benchmark, failed cells are statuses and the exit code is 0."""
-    from blossom import bench_profile
+    from blossom import bench, bench_profile
     from blossom.io import atomic_write_text
 
     config = _config(args)
-    out = args.out or bench_profile.default_out(config.device)
+    out = args.out or bench.default_out(config.device, kind="profile")
     rows = bench_profile.run_profile(config, out)
     text = bench_profile.summary(rows, args.top)
     print(text)

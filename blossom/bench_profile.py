@@ -29,11 +29,6 @@ COLUMNS = ("impl", "seq_len", "batch_size", "phase", "dtype", "kernel", "calls_p
            "share", "step_total_us", "status", "device", "torch", "triton")
 
 
-def default_out(device: str = "auto") -> Path:
-    """results/bench/profile_<device-slug>.csv, next to the benchmark's CSV of the same device."""
-    return bench.default_out(device, kind="profile")
-
-
 def kernel_times(step: Callable[[], None], reset: Callable[[], None], steps: int,
                  device: torch.device) -> list[tuple[str, float, float]]:
     """(name, calls per step, microseconds per step) of every kernel (GPU) or operator (CPU) with
