@@ -56,6 +56,8 @@ def _add_cell_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
     parser.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa flex (default all)")
     parser.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
+    parser.add_argument("--backward", help="what train backpropagates: output_grad (a fixed random output "
+                        "gradient, default) | loss (out.float().square().mean(), the tables before session 6)")
     parser.add_argument("--warmup", type=int, help="untimed repetitions first (default 5)")
     parser.add_argument("--device", help="auto | cuda | cpu (default auto)")
 

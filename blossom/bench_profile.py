@@ -2,9 +2,9 @@
 
 The benchmark (bench.py) says how long a layer takes; this says which kernels take it, so a
 researcher can see on their own GPU what limits an implementation (and what any layer pays
-regardless of its attention: the projections and the benchmark's loss). Same layers, inputs and
-warm-up as `blossom bench attention`, eager mode; then torch.profiler records `repeats` steps and
-every kernel's self time is summed and divided by the step count.
+regardless of its attention: the projections, and with `--backward loss` the loss). Same layers,
+inputs, backward and warm-up as `blossom bench attention`, eager mode; then torch.profiler records
+`repeats` steps and every kernel's self time is summed and divided by the step count.
 
 On a GPU the rows are CUDA kernels, copies and memsets (device time), and step_total_us is their
 sum: the GPU's work per step, which a CUDA-graph replay approaches; an eager step at short L takes
@@ -26,7 +26,7 @@ from blossom import bench
 from blossom.measure import resolve_device
 
 COLUMNS = ("impl", "seq_len", "batch_size", "phase", "dtype", "kernel", "calls_per_step", "time_us_per_step",
-           "share", "step_total_us", "status", "device", "torch", "triton")
+           "share", "step_total_us", "status", "device", "torch", "triton", "backward")
 
 
 def kernel_times(step: Callable[[], None], reset: Callable[[], None], steps: int,
@@ -105,7 +105,8 @@ def run_profile(config: bench.BenchConfig, out: Path, log: Callable[[str], None]
                     result = bench.guarded(lambda: profile_cell(config, impl, seq_len, phase, device), device)
                 if str(result["status"]).startswith("unavailable"):
                     unavailable[impl] = str(result["status"])
-                cell = cell_rows(result, {"impl": impl, "seq_len": seq_len, "phase": phase, **meta})
+                cell = cell_rows(result, {"impl": impl, "seq_len": seq_len, "phase": phase, **meta,
+                                          "backward": bench.backward_of(config, phase)})
                 rows.extend(cell)
                 bench.write_csv(out, rows, COLUMNS)
                 total = cell[0].get("step_total_us")

@@ -46,6 +46,7 @@ def test_csv_columns_rows_and_statuses(tmp_path: Path) -> None:
     for row in rows:
         assert row["device"] == "cpu" and row["dtype"] == "fp32" and row["batch_size"] == "2"
         assert row["torch"] == torch.__version__
+        assert row["backward"] == ("output_grad" if row["phase"] == "train" else "")
         if row["impl"] in ("blossom_reference", "naive", "sdpa"):
             assert row["status"] == "ok"
             assert float(row["time_ms"]) > 0
@@ -186,6 +187,31 @@ def test_bad_config_is_a_user_error() -> None:
         bench.make_config(modes=["graph"])
     with pytest.raises(BlossomError, match="kv_heads"):
         bench.make_config(heads=8, kv_heads=3)
+    with pytest.raises(BlossomError, match="unknown backward"):
+        bench.make_config(backward="mse")
+
+
+class LinearLayer(torch.nn.Linear):
+    """out = x W^T: its input gradient is known in closed form for either backward."""
+
+    def forward(self, x: torch.Tensor, seq_len: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("backward", bench.BACKWARDS)
+def test_train_step_backpropagates_what_backward_names(backward: str) -> None:
+    layer = LinearLayer(8, 8, bias=False)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    torch.manual_seed(3)
+    step, reset = bench._phase_step(layer, x, torch.full((2,), 5), "train", backward)
+    torch.manual_seed(3)
+    drawn = torch.randn_like(x)  # what _phase_step drew for the output gradient
+    for _ in range(2):  # the same gradient every repetition, nothing accumulated
+        reset()
+        step()
+        out = layer(x).detach()
+        want = 2 * out / out.numel() if backward == "loss" else drawn
+        torch.testing.assert_close(x.grad, want @ layer.weight.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_stis_mask_matches_reference_offsets() -> None:

@@ -31,6 +31,7 @@ def test_cpu_rows_are_operators_with_shares(tmp_path: Path) -> None:
             members = cell(rows, impl, phase)
             times = [float(r["time_us_per_step"]) for r in members]
             assert len(members) > 3 and all(r["status"] == "ok" and r["device"] == "cpu" for r in members)
+            assert {r["backward"] for r in members} == {"output_grad" if phase == "train" else ""}
             assert times == sorted(times, reverse=True) and times[-1] > 0
             assert sum(float(r["share"]) for r in members) == pytest.approx(1.0, abs=5e-3)
             assert float(members[0]["step_total_us"]) == pytest.approx(sum(times), rel=1e-3)

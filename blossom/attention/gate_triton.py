@@ -6,8 +6,9 @@ merged heads of sigmoid(gl[2h]) * ltis_h + sigmoid(gl[2h + 1]) * stis_h. In PyTo
 sigmoid, a permute and four broadcast products forward, and their backward reductions over d
 (the [B, L, H, d] -> [B, L, H] sums autograd runs for the gates): seven launches and as many full
 passes over [B, L, H, d]. Here the forward reads each branch once and writes the mix; the
-backward reads the mix's gradient and both branches once and writes both branch gradients and
-the gate-logit gradient (sigmoid derivative included). The projection is cuBLAS's.
+backward reads the mix's gradient and both branches once and writes both branch gradients, the
+gate-logit gradient (sigmoid derivative included) and, over the mix's gradient it has just read,
+the mix itself, which the projection's weight gradient needs. The projection is cuBLAS's.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def _gates(GL, s_gt, s_gc, tok, h, pair_ok):
 
 
 @triton.jit
+def _mixed(lt, st, g_l, g_s):
+    """The gated sum of one tile: g_l * ltis + g_s * stis, gates broadcast over d."""
+    return g_l[:, :, None] * lt + g_s[:, :, None] * st
+
+
+@triton.jit
 def _gate_fwd(
     LT, ST, GL, OUT,
     sl_b, sl_h, sl_l, sl_d,
@@ -65,7 +72,7 @@ def _gate_fwd(
     lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
     st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
     g_l, g_s = _gates(GL, s_gt, s_gc, tok, h, pair_ok)
-    out = g_l[:, :, None] * lt + g_s[:, :, None] * st
+    out = _mixed(lt, st, g_l, g_s)
     tl.store(_ptrs(OUT, so_b, so_h, so_l, so_d, b, pos, h, e), out.to(OUT.dtype.element_ty), mask=ok)
 
 
@@ -79,8 +86,9 @@ def _gate_bwd(
     s_gt, s_gc, n_tokens, length, heads, head_dim,
     ROWS: tl.constexpr, HEADS_P: tl.constexpr, D_P: tl.constexpr,
 ):  # fmt: skip
-    """d ltis = g_l dout, d stis = g_s dout (DLT and DST share strides sg_*), and the logits'
-    gradient sum_d(dout * branch) * g (1 - g) into DGL (GL's strides)."""
+    """d ltis = g_l dout, d stis = g_s dout (DLT and DST share strides sg_*), the logits'
+    gradient sum_d(dout * branch) * g (1 - g) into DGL (GL's strides), and the mix over DO:
+    a program writes only the tile of DO it has read, so no other program reads what it writes."""
     tok, b, pos, h, e, ok, pair_ok = _tile(tl.program_id(0), n_tokens, length, heads, head_dim, ROWS, HEADS_P, D_P)
     lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
     st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
@@ -92,6 +100,8 @@ def _gate_bwd(
     dgl = DGL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
     tl.store(dgl, (tl.sum(do * lt, axis=2) * g_l * (1 - g_l)).to(DGL.dtype.element_ty), mask=pair_ok)
     tl.store(dgl + s_gc, (tl.sum(do * st, axis=2) * g_s * (1 - g_s)).to(DGL.dtype.element_ty), mask=pair_ok)
+    mix = _mixed(lt, st, g_l, g_s)
+    tl.store(_ptrs(DO, sdo_b, sdo_h, sdo_l, sdo_d, b, pos, h, e), mix.to(DO.dtype.element_ty), mask=ok)
 
 
 def _launch(b: int, length: int, heads: int, head_dim: int) -> tuple[tuple[int], dict[str, int]]:
@@ -113,9 +123,9 @@ def _mix(ltis: Tensor, stis: Tensor, gl: Tensor) -> Tensor:
 
 class _GatedMerge(torch.autograd.Function):
     """Gate mix, head merge and output projection. Saves the branches and the logits (the branch
-    kernels' outputs, which their own backward holds anyway) and recomputes the mix in the
-    backward instead of keeping it for the projection's weight gradient: one [B, L, H, d]
-    activation less per layer, for one more (cheap) mix kernel per step."""
+    kernels' outputs, which their own backward holds anyway), not the mix: the backward kernel
+    rewrites it, over the mix's gradient once read, for the projection's weight gradient. One
+    [B, L, H, d] activation less per layer, and no extra pass or buffer for it."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, ltis: Tensor, stis: Tensor, gate_logits: Tensor, weight: Tensor) -> Tensor:
@@ -132,10 +142,8 @@ class _GatedMerge(torch.autograd.Function):
         ltis, stis, gl, weight = ctx.saved_tensors
         b, heads, length, d = ltis.shape
         dout = dout.to(ltis.dtype)
-        mix = merge_heads(_mix(ltis, stis, gl))
-        dweight = (dout.flatten(0, 1).t() @ mix.flatten(0, 1)).to(weight.dtype)
-        del mix  # before the branch gradients are allocated
-        dmix = (dout @ weight.to(ltis.dtype)).view(b, length, heads, d).transpose(1, 2)
+        dmix_merged = dout @ weight.to(ltis.dtype)  # [B, L, H d]; holds the mix after the kernel
+        dmix = dmix_merged.view(b, length, heads, d).transpose(1, 2)
         dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
         dgl = torch.empty_like(gl)
         grid, meta = _launch(b, length, heads, d)
@@ -144,6 +152,7 @@ class _GatedMerge(torch.autograd.Function):
             *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
             b * length, length, heads, d, **meta,
         )  # fmt: skip
+        dweight = (dout.flatten(0, 1).t() @ dmix_merged.flatten(0, 1)).to(weight.dtype)
         return dltis, dstis, dgl.view(ctx.logits_shape), dweight
 
 

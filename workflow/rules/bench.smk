@@ -15,6 +15,7 @@ rule bench_attention:
         dtype=BENCH.get("dtype", "bf16"),
         repeats=BENCH.get("repeats", 20),
         modes=" ".join(BENCH.get("modes", ["eager"])),
+        backward=BENCH.get("backward", "output_grad"),
     resources:
         gpu=GPUS_PER_JOB,
     conda:
@@ -22,5 +23,5 @@ rule bench_attention:
     shell:
         "python -m blossom.cli bench attention --seq-lens {params.seq_lens} --impls {params.impls}"
         " --batch-size {params.batch_size} --dtype {params.dtype} --repeats {params.repeats}"
-        " --modes {params.modes}"
+        " --modes {params.modes} --backward {params.backward}"
         " --out {output.csv} 2>&1 | tee {log}"
