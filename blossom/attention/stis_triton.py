@@ -126,7 +126,10 @@ def _stis_bwd_dq(
 
     Also writes delta = rowsum(dO * O), which the dk/dv kernel needs: computing it here saves a
     separate pass over dO and O. DQ has O's strides. ACCUMULATE: add to what DQ holds (the
-    other branch's dq) instead of overwriting it.
+    other branch's dq) instead of overwriting it. K and V tiles are loaded as [heads, rows, d]
+    with a zero head stride, already in the layout of q: the lanes of a row's heads load the
+    same addresses, and no offset pays a layout change through shared memory (the backward took
+    0.92-0.94x as long on an H100; the forward's 32-row tiles got 2-4% slower that way).
     """
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
@@ -146,21 +149,21 @@ def _stis_bwd_dq(
     lse = tl.load(LSE + lse_offs, mask=row_mask, other=0.0) * LOG2E
     delta = tl.sum(do * out, axis=2)
     tl.store(DELTA + lse_offs, delta, mask=row_mask)
-    k_ptrs = _row_ptrs(K + b * sk_b + g * sk_h, rows, cols, sk_l, sk_d)
-    v_ptrs = _row_ptrs(V + b * sv_b + g * sv_h, rows, cols, sv_l, sv_d)
+    k_ptrs = _head_ptrs(K + b * sk_b + g * sk_h, heads, rows, cols, 0, sk_l, sk_d)
+    v_ptrs = _head_ptrs(V + b * sv_b + g * sv_h, heads, rows, cols, 0, sv_l, sv_d)
 
     dq = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
     if t0 < n_valid:
         for j in range(num_offsets):
             o = _offset(j)
             key_ok = row_ok & (rows >= o)
-            kv_mask = key_ok[:, None] & col_ok[None, :]
+            kv_mask = key_ok[None, :, None] & col_ok[None, None, :]
             k = tl.load(k_ptrs - o * sk_l, mask=kv_mask, other=0.0).to(tl.float32)
             v = tl.load(v_ptrs - o * sv_l, mask=kv_mask, other=0.0).to(tl.float32)
-            s = tl.sum(q * k[None, :, :], axis=2) * qk_scale
+            s = tl.sum(q * k, axis=2) * qk_scale
             p = tl.where(row_mask & key_ok[None, :], tl.exp2(s - lse), 0.0)
-            dp = tl.sum(do * v[None, :, :], axis=2)
-            dq += (p * (dp - delta))[:, :, None] * k[None, :, :]
+            dp = tl.sum(do * v, axis=2)
+            dq += (p * (dp - delta))[:, :, None] * k
 
     out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
     dq_ptrs = _head_ptrs(DQ + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
