@@ -4,6 +4,7 @@
 by default when CUDA is present. Every backend implements the same signatures:
 
 - stis(q, k, v, scale, seq_len) -> [B, H, L, d]            (differentiable)
+- compress(k, positions, mlp) -> ck [B, G, L // 16, d]       (the selection's compressed keys)
 - select(q, ck, scale, num_selected) -> [B, G, L, n] int   (no gradient; -1 = unused slot)
 - ltis(q, k, v, block_idx, scale, seq_len) -> [B, H, L, d] (differentiable in q, k, v)
 - branches(q, k, v, block_idx, scale, seq_len) -> (ltis, stis), both branches in one call
@@ -30,6 +31,7 @@ class Backend:
 
     name: str
     stis: Callable
+    compress: Callable
     select: Callable
     ltis: Callable
     branches: Callable
@@ -47,8 +49,8 @@ def _torch_branches(q, k, v, block_idx, scale, seq_len):
     return reference.ltis_attention(q, k, v, block_idx, scale, seq_len), reference.stis_attention(q, k, v, scale, seq_len)
 
 
-TORCH = Backend("torch", reference.stis_attention, _torch_select, reference.ltis_attention, _torch_branches,
-                reference.split_heads_rope, reference.gated_merge)
+TORCH = Backend("torch", reference.stis_attention, reference.compress_keys, _torch_select, reference.ltis_attention,
+                _torch_branches, reference.split_heads_rope, reference.gated_merge)
 
 
 def triton_available() -> bool:
@@ -66,5 +68,5 @@ def get_backend(name: str) -> Backend:
         return TORCH
     from blossom.attention import triton_ops
 
-    return Backend("triton", triton_ops.stis, triton_ops.select, triton_ops.ltis, triton_ops.branches,
-                   triton_ops.split_heads, triton_ops.merge)
+    return Backend("triton", triton_ops.stis, triton_ops.compress, triton_ops.select, triton_ops.ltis,
+                   triton_ops.branches, triton_ops.split_heads, triton_ops.merge)

@@ -121,7 +121,7 @@ class BlossomAttention(nn.Module):
             return None, ops.stis(q, k, v, self.scale, seq_len), None
         # selection passes no gradient: the compressor records a graph only for the compressed branch
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.compressed):
-            ck = reference.compress_keys(k, self.k_intrablock_positions, self.k_compress)
+            ck = ops.compress(k, self.k_intrablock_positions, self.k_compress)
         block_idx = ops.select(q.detach(), ck.detach(), self.scale, self.num_selected)
         stis = compressed = None
         if self.branches == "both":  # one call: the backend may share work and gradients between them

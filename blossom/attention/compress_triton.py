@@ -1,0 +1,131 @@
+"""Key compression for the selection as one Triton kernel (forward only).
+
+Contract: reference.compress_keys(k, positions, mlp) for BlossomRec's compressor MLP
+Linear(32d -> 32d), ReLU, Linear(32d -> d), where selection is all that reads the result, so no
+gradient is needed (official BlossomRec never trains the compressor; the `compressed` variant,
+which does, keeps the PyTorch path).
+
+In PyTorch that is a left pad of K, the overlapping windows (unfold), the positions added into a
+copy, two GEMMs and a ReLU: six launches, two [B, G, L/16, 32d] intermediates, and on a slow
+host ~0.5 ms of Python and cuBLAS set-up per call. Here one program per (64 blocks, batch, kv
+head) reads each window's 32 key rows straight from K (rows before 0 are the pad: zeros), adds the
+positions, and runs both layers on tensor cores, one chunk of 128 hidden units at a time (the
+hidden layer never leaves registers). Rounding follows the PyTorch path in the input dtype: the
+window, the hidden layer (after its bias) and the output are rounded to it, products accumulate in
+fp32 (fp32 inputs: exact fp32 products, so ties in the selection behave as the reference's).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor, nn
+
+from blossom.attention import reference
+
+_HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 4 warps
+
+
+@triton.jit
+def _dot(a, b, EXACT: tl.constexpr):
+    """a @ b with an fp32 result: exact fp32 products for fp32 inputs, tensor cores otherwise."""
+    if EXACT:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _compress_fwd(
+    K, POS, W1, B1, W2, B2, CK,
+    sk_b, sk_g, sk_l, sk_d,
+    sp_g, sp_n, sp_d,
+    sw1_o, sw1_i, sw2_o, sw2_i,
+    sc_b, sc_g, sc_n, sc_d,
+    num_blocks, kv_heads,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, STRIDE: tl.constexpr,
+    HIDDEN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_J: tl.constexpr, EXACT: tl.constexpr,
+):  # fmt: skip
+    """ck [BLOCK_J blocks, d] of one (batch, kv head): MLP(window + positions) per block."""
+    b = tl.program_id(1) // kv_heads
+    g = tl.program_id(1) % kv_heads
+    j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    e = tl.arange(0, BLOCK_D)
+    e_ok = e < HEAD_DIM
+    c = tl.arange(0, CHUNK)
+    dtype = K.dtype.element_ty
+    k_base = K + b.to(tl.int64) * sk_b + g * sk_g
+    first = j * STRIDE - (WINDOW - STRIDE)  # window j: keys 16j - 16 .. 16j + 15 (zero left pad)
+    out = tl.zeros([BLOCK_J, BLOCK_D], tl.float32)
+    for c0 in range(0, HIDDEN, CHUNK):
+        hidden = tl.zeros([BLOCK_J, CHUNK], tl.float32)
+        for n in range(WINDOW):
+            key = first + n
+            rows = tl.load(k_base + key[:, None] * sk_l + e[None, :] * sk_d,
+                           mask=((key >= 0) & (j < num_blocks))[:, None] & e_ok[None, :], other=0.0)
+            pos = tl.load(POS + g * sp_g + n * sp_n + e * sp_d, mask=e_ok, other=0.0).to(dtype)
+            window = (rows.to(tl.float32) + pos.to(tl.float32)[None, :]).to(dtype)
+            w1 = tl.load(W1 + (c0 + c)[None, :] * sw1_o + (n * HEAD_DIM + e)[:, None] * sw1_i,
+                         mask=e_ok[:, None], other=0.0)  # [d, CHUNK]: W1[c0 + c, n d + e]
+            hidden += _dot(window, w1, EXACT)
+        hidden = hidden + tl.load(B1 + c0 + c).to(tl.float32)[None, :]
+        hidden = tl.maximum(hidden.to(dtype), 0.0).to(dtype)
+        w2 = tl.load(W2 + e[None, :] * sw2_o + (c0 + c)[:, None] * sw2_i, mask=e_ok[None, :], other=0.0)
+        out += _dot(hidden, w2, EXACT)  # [CHUNK, d]: W2[e, c0 + c]
+    out = out + tl.load(B2 + e, mask=e_ok, other=0.0).to(tl.float32)[None, :]
+    ck = CK + b.to(tl.int64) * sc_b + g * sc_g + j[:, None] * sc_n + e[None, :] * sc_d
+    tl.store(ck, out.to(CK.dtype.element_ty), mask=(j < num_blocks)[:, None] & e_ok[None, :])
+
+
+def compressor_layers(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    """(first, second) Linear of a BlossomRec compressor (Linear, ReLU, Linear with biases), else None."""
+    if (isinstance(mlp, nn.Sequential) and len(mlp) == 3 and isinstance(mlp[1], nn.ReLU)
+            and all(isinstance(m, nn.Linear) and m.bias is not None for m in (mlp[0], mlp[2]))):
+        return mlp[0], mlp[2]
+    return None
+
+
+def _kernel_applies(k: Tensor, positions: Tensor, mlp: nn.Module) -> bool:
+    """The kernel's case: BlossomRec's compressor for this head dim, in k's dtype, and no
+    gradient wanted from k, the positions or the MLP."""
+    layers = compressor_layers(mlp)
+    g, d = k.shape[1], k.shape[3]
+    width = reference.WINDOW * d
+    if layers is None or width % _HIDDEN_CHUNK or positions.shape != (g, reference.WINDOW, d):
+        return False
+    if layers[0].weight.shape != (width, width) or layers[1].weight.shape != (d, width):
+        return False
+    params = list(mlp.parameters())
+    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [k, positions, *params])
+    return not wants_grad and all(p.dtype == k.dtype for p in params)
+
+
+def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
+    """reference.compress_keys(k, positions, mlp), forward only: ck [B, G, L // 16, d] in k's dtype.
+
+    k [B, G, L, d] (any strides, on the GPU or under TRITON_INTERPRET=1); positions [G, 32, d];
+    mlp BlossomRec's Linear(32d, 32d), ReLU, Linear(32d, d) in k's dtype. Any other case (another
+    MLP or dtype, a gradient wanted) is computed by the reference.
+    """
+    if not _kernel_applies(k, positions, mlp):
+        return reference.compress_keys(k, positions, mlp)
+    b, g, length, d = k.shape
+    num_blocks = length // reference.BLOCK
+    ck = k.new_empty(b, g, num_blocks, d)
+    if num_blocks == 0:
+        return ck
+    first, second = mlp[0], mlp[2]
+    block_j = min(64, max(16, triton.next_power_of_2(num_blocks)))
+    exact = k.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"  # interpreter: no bf16 dot
+    _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g)](
+        k, positions, first.weight, first.bias, second.weight, second.bias, ck,
+        *k.stride(), *positions.stride(), *first.weight.stride(), *second.weight.stride(), *ck.stride(),
+        num_blocks, g,
+        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
+        HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, BLOCK_J=block_j, EXACT=exact, num_warps=4,
+    )  # fmt: skip
+    return ck

@@ -1,0 +1,98 @@
+"""The key-compression kernel (compress_triton.py) against reference.compress_keys.
+
+Outputs follow the flash-attention tolerance rule (tolerance.py) against the same-dtype and fp64
+references, with K in the strided layout the model hands over (a view of the qkv projection)
+and in a contiguous one. CPU cases run in the Triton interpreter; the gpu set draws random shapes
+in fp32, fp16 and bf16. Cases outside the kernel's contract must give the reference's result.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from blossom.attention import reference
+from blossom.attention.compress_triton import compress_keys
+
+from .cases import BF16, F16, F32, needs_cuda
+from .tolerance import assert_close_to_reference
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+def compressor(kv_heads: int, d: int, seed: int) -> tuple[Tensor, nn.Sequential]:
+    """Intra-window positions [G, 32, d] and BlossomRec's compressor MLP, random (the public
+    model's Linear init), fp32 on the CPU."""
+    torch.manual_seed(seed)
+    width = reference.WINDOW * d
+    return torch.randn(kv_heads, reference.WINDOW, d), nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, d))
+
+
+def keys(b: int, g: int, length: int, d: int, strided: bool, seed: int) -> Tensor:
+    """k [B, G, L, d]; strided: a view of a [B, L, G + 2, d] buffer, as the qkv projection gives."""
+    gen = torch.Generator().manual_seed(seed)
+    if strided:
+        return torch.randn(b, length, g + 2, d, generator=gen)[:, :, 1 : g + 1].transpose(1, 2)
+    return torch.randn(b, g, length, d, generator=gen)
+
+
+def check(b: int, g: int, length: int, d: int, dtype: torch.dtype, device: str, strided: bool, seed: int) -> None:
+    positions, mlp = compressor(g, d, seed)
+    k = keys(b, g, length, d, strided, seed)
+    with torch.no_grad():
+        ref64 = reference.compress_keys(k.double(), positions.double(), mlp.double())
+        mlp.to(device=device, dtype=dtype)
+        k, positions = k.to(device=device, dtype=dtype), positions.to(device=device, dtype=dtype)
+        same = reference.compress_keys(k, positions, mlp)
+        got = compress_keys(k, positions, mlp)
+    assert got.dtype == dtype and got.shape == (b, g, length // reference.BLOCK, d)
+    assert_close_to_reference("ck", got, same, ref64.to(device))
+
+
+@pytest.mark.parametrize(("b", "g", "length", "d", "strided"), [
+    (2, 2, 100, 16, True),  # the model's layout, 6 blocks, a partial block at the end
+    (1, 1, 37, 16, False),
+    (2, 2, 64, 8, True),  # d = 8: head dim padded to 16 in the kernel
+])
+def test_compress_matches_reference(b, g, length, d, strided) -> None:
+    check(b, g, length, d, F32, "cpu", strided, seed=length)
+
+
+def test_compress_block_tiles_and_short_sequences() -> None:
+    """More blocks than one program's 64 (two tiles, the second partial), and L < 16: no blocks."""
+    check(1, 1, 16 * 70 + 5, 8, F32, "cpu", strided=False, seed=1)
+    positions, mlp = compressor(2, 16, 0)
+    with torch.no_grad():
+        assert compress_keys(torch.randn(2, 2, 15, 16), positions, mlp).shape == (2, 2, 0, 16)
+
+
+def test_outside_the_contract_is_the_reference() -> None:
+    """A gradient wanted, or an MLP that is not BlossomRec's, takes the reference path."""
+    positions, mlp = compressor(2, 16, 0)
+    k = keys(2, 2, 48, 16, strided=False, seed=0).requires_grad_()
+    got = compress_keys(k, positions, mlp)
+    assert got.grad_fn is not None  # autograd recorded it: the reference ran
+    got.sum().backward()
+    assert k.grad is not None and mlp[0].weight.grad is not None
+    other = nn.Sequential(nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(compress_keys(k, positions, other), reference.compress_keys(k, positions, other),
+                                   rtol=0, atol=0)
+
+
+GPU_CASES = [(seed, *case) for seed, case in enumerate(
+    (random.Random(seed).choice([1, 2, 5]), random.Random(seed + 1).choice([1, 2]),
+     random.Random(seed + 2).choice([1, 15, 16, 17, 200, 1000, 4097]) + random.Random(seed + 3).randrange(0, 40),
+     random.Random(seed + 4).choice([8, 16, 32]), random.Random(seed + 5).choice([F32, F16, BF16]),
+     random.Random(seed + 6).random() < 0.5)
+    for seed in range(30))]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("seed", "b", "g", "length", "d", "dtype", "strided"), GPU_CASES)
+def test_compress_matches_reference_gpu(seed, b, g, length, d, dtype, strided) -> None:
+    check(b, g, length, d, dtype, "cuda", strided, seed)
