@@ -6,13 +6,17 @@ gradient is needed (official BlossomRec never trains the compressor; the `compre
 which does, keeps the PyTorch path).
 
 In PyTorch that is a left pad of K, the overlapping windows (unfold), the positions added into a
-copy, two GEMMs and a ReLU: six launches, two [B, G, L/16, 32d] intermediates, and on a slow
-host ~0.5 ms of Python and cuBLAS set-up per call. Here one program per (64 blocks, batch, kv
-head) reads each window's 32 key rows straight from K (rows before 0 are the pad: zeros), adds the
-positions, and runs both layers on tensor cores, one chunk of 128 hidden units at a time (the
-hidden layer never leaves registers). Rounding follows the PyTorch path in the input dtype: the
-window, the hidden layer (after its bias) and the output are rounded to it, products accumulate in
-fp32 (fp32 inputs: exact fp32 products, so ties in the selection behave as the reference's).
+copy, two GEMMs and a ReLU: six launches and two [B, G, L/16, 32d] intermediates. Here one program
+per (64 blocks, batch, kv head) reads the windows' key rows straight from K (rows before 0 are the
+pad: zeros), adds the positions, and runs both layers on tensor cores, one chunk of 128 hidden
+units at a time (the hidden layer never leaves registers). H100, bf16, B = 64: 65 us against 160 us
+at L = 4096, 25-32 us against 39-56 us at L = 200-1024. Rounding follows the PyTorch path in the
+input dtype: the window, the hidden layer (after its bias) and the output are rounded to it, and
+products accumulate in fp32; the keys it gave there were identical to the PyTorch path's.
+
+fp16 and bf16 only on a GPU: in fp32, cuBLAS's SGEMMs are faster than this kernel's exact fp32
+products (and 3xTF32 products were no faster at the training shape), so fp32 keeps the PyTorch path.
+The Triton interpreter runs the kernel in fp32 with exact products: that is what CPU tests check.
 """
 
 from __future__ import annotations
@@ -32,13 +36,23 @@ _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 
 _ROWS_PER_STEP = 4
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """How the kernel's dots multiply: the input dtype's tensor cores ("native") for fp16/bf16,
+    exact fp32 products ("ieee") for fp32, which only the interpreter runs (its bf16 dot is wrong)."""
+    return "ieee" if dtype == torch.float32 or _interpreted() else "native"
+
+
 @triton.jit
-def _dot(a, b, EXACT: tl.constexpr):
-    """a @ b with an fp32 result: exact fp32 products for fp32 inputs, tensor cores otherwise."""
-    if EXACT:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
+def _dot(a, b, PRECISION: tl.constexpr):
+    """a @ b with an fp32 result (see _precision)."""
+    if PRECISION == "native":
         out = tl.dot(a, b)
+    else:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
     return out
 
 
@@ -51,7 +65,7 @@ def _compress_fwd(
     sc_b, sc_g, sc_n, sc_d,
     num_blocks, kv_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, STRIDE: tl.constexpr,
-    HIDDEN: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr, EXACT: tl.constexpr,
+    HIDDEN: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """ck [BLOCK_J blocks, d] of one (batch, kv head): MLP(window + positions) per block. Each
     step takes ROWS window rows (a [BLOCK_J, ROWS * d] tile against ROWS * d columns of W1):
@@ -79,12 +93,12 @@ def _compress_fwd(
             window = (rows.to(tl.float32) + pos.to(tl.float32)[None, :]).to(dtype)
             w1 = tl.load(W1 + (c0 + c)[None, :] * sw1_o + ((n0 + r) * HEAD_DIM + e)[:, None] * sw1_i,
                          mask=e_ok[:, None], other=0.0)  # [ROWS d, CHUNK]: W1[c0 + c, (n0 + r) d + e]
-            hidden += _dot(window, w1, EXACT)
+            hidden += _dot(window, w1, PRECISION)
         hidden = hidden + tl.load(B1 + c0 + c).to(tl.float32)[None, :]
         hidden = tl.maximum(hidden.to(dtype), 0.0).to(dtype)
         f = tl.arange(0, BLOCK_D)
         w2 = tl.load(W2 + f[None, :] * sw2_o + (c0 + c)[:, None] * sw2_i, mask=(f < HEAD_DIM)[None, :], other=0.0)
-        out += _dot(hidden, w2, EXACT)  # [CHUNK, d]: W2[f, c0 + c]
+        out += _dot(hidden, w2, PRECISION)  # [CHUNK, d]: W2[f, c0 + c]
     f = tl.arange(0, BLOCK_D)
     f_ok = f < HEAD_DIM
     out = out + tl.load(B2 + f, mask=f_ok, other=0.0).to(tl.float32)[None, :]
@@ -101,8 +115,8 @@ def compressor_layers(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
 
 
 def _kernel_applies(k: Tensor, positions: Tensor, mlp: nn.Module) -> bool:
-    """The kernel's case: BlossomRec's compressor for this head dim, in k's dtype, and no
-    gradient wanted from k, the positions or the MLP."""
+    """The kernel's case: BlossomRec's compressor for this head dim, in k's dtype (fp16 or bf16 on
+    a GPU), and no gradient wanted from k, the positions or the MLP."""
     layers = compressor_layers(mlp)
     g, d = k.shape[1], k.shape[3]
     width = reference.WINDOW * d
@@ -112,15 +126,18 @@ def _kernel_applies(k: Tensor, positions: Tensor, mlp: nn.Module) -> bool:
         return False
     params = list(mlp.parameters())
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [k, positions, *params])
-    return not wants_grad and all(p.dtype == k.dtype for p in params)
+    # fp32 on a GPU: cuBLAS's SGEMMs beat the kernel's exact fp32 products (H100: 0.83 against
+    # 5.2 ms at B = 2048, L = 200); the interpreter runs it in fp32, which is how CPU CI checks it
+    fp32_on_gpu = k.dtype == torch.float32 and not _interpreted()
+    return not wants_grad and not fp32_on_gpu and all(p.dtype == k.dtype for p in params)
 
 
 def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     """reference.compress_keys(k, positions, mlp), forward only: ck [B, G, L // 16, d] in k's dtype.
 
-    k [B, G, L, d] (any strides, on the GPU or under TRITON_INTERPRET=1); positions [G, 32, d];
-    mlp BlossomRec's Linear(32d, 32d), ReLU, Linear(32d, d) in k's dtype. Any other case (another
-    MLP or dtype, a gradient wanted) is computed by the reference.
+    k [B, G, L, d] (any strides, fp16/bf16 on a GPU, or under TRITON_INTERPRET=1); positions
+    [G, 32, d]; mlp BlossomRec's Linear(32d, 32d), ReLU, Linear(32d, d) in k's dtype. Any other case
+    (fp32 on a GPU, another MLP or dtype, a gradient wanted) is computed by the reference.
     """
     if not _kernel_applies(k, positions, mlp):
         return reference.compress_keys(k, positions, mlp)
@@ -131,13 +148,12 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
         return ck
     first, second = mlp[0], mlp[2]
     block_j = min(64, max(16, triton.next_power_of_2(num_blocks)))
-    exact = k.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"  # interpreter: no bf16 dot
     _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g)](
         k, positions, first.weight, first.bias, second.weight, second.bias, ck,
         *k.stride(), *positions.stride(), *first.weight.stride(), *second.weight.stride(), *ck.stride(),
         num_blocks, g,
         HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
-        HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, EXACT=exact,
+        HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=_precision(k.dtype),
         num_warps=4,
     )  # fmt: skip
     return ck
