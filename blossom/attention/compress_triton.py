@@ -29,6 +29,7 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from blossom.attention import reference
+from blossom.attention.triton_common import dot
 
 _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 4 warps
 # window rows per dot (K = 4 d). H100, B = 64, bf16 (2, 4, 8 rows x 64, 128 hidden units): 4 x 128
@@ -41,19 +42,9 @@ def _interpreted() -> bool:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """How the kernel's dots multiply: the input dtype's tensor cores ("native") for fp16/bf16,
+    """How the kernel's dots multiply (triton_common.dot): the input dtype's tensor cores ("native") for fp16/bf16,
     exact fp32 products ("ieee") for fp32, which only the interpreter runs (its bf16 dot is wrong)."""
     return "ieee" if dtype == torch.float32 or _interpreted() else "native"
-
-
-@triton.jit
-def _dot(a, b, PRECISION: tl.constexpr):
-    """a @ b with an fp32 result (see _precision)."""
-    if PRECISION == "native":
-        out = tl.dot(a, b)
-    else:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
-    return out
 
 
 @triton.jit
@@ -79,6 +70,8 @@ def _compress_fwd(
     e = col % BLOCK_D
     e_ok = e < HEAD_DIM
     c = tl.arange(0, CHUNK)
+    f = tl.arange(0, BLOCK_D)  # output feature
+    f_ok = f < HEAD_DIM
     dtype = K.dtype.element_ty
     k_base = K + b.to(tl.int64) * sk_b + g * sk_g
     first = j * STRIDE - (WINDOW - STRIDE)  # window j: keys 16j - 16 .. 16j + 15 (zero left pad)
@@ -93,20 +86,17 @@ def _compress_fwd(
             window = (rows.to(tl.float32) + pos.to(tl.float32)[None, :]).to(dtype)
             w1 = tl.load(W1 + (c0 + c)[None, :] * sw1_o + ((n0 + r) * HEAD_DIM + e)[:, None] * sw1_i,
                          mask=e_ok[:, None], other=0.0)  # [ROWS d, CHUNK]: W1[c0 + c, (n0 + r) d + e]
-            hidden += _dot(window, w1, PRECISION)
+            hidden += dot(window, w1, PRECISION)
         hidden = hidden + tl.load(B1 + c0 + c).to(tl.float32)[None, :]
         hidden = tl.maximum(hidden.to(dtype), 0.0).to(dtype)
-        f = tl.arange(0, BLOCK_D)
-        w2 = tl.load(W2 + f[None, :] * sw2_o + (c0 + c)[:, None] * sw2_i, mask=(f < HEAD_DIM)[None, :], other=0.0)
-        out += _dot(hidden, w2, PRECISION)  # [CHUNK, d]: W2[f, c0 + c]
-    f = tl.arange(0, BLOCK_D)
-    f_ok = f < HEAD_DIM
+        w2 = tl.load(W2 + f[None, :] * sw2_o + (c0 + c)[:, None] * sw2_i, mask=f_ok[None, :], other=0.0)
+        out += dot(hidden, w2, PRECISION)  # [CHUNK, d]: W2[f, c0 + c]
     out = out + tl.load(B2 + f, mask=f_ok, other=0.0).to(tl.float32)[None, :]
     ck = CK + b.to(tl.int64) * sc_b + g * sc_g + j[:, None] * sc_n + f[None, :] * sc_d
     tl.store(ck, out.to(CK.dtype.element_ty), mask=j_ok[:, None] & f_ok[None, :])
 
 
-def compressor_layers(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+def _compressor_layers(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
     """(first, second) Linear of a BlossomRec compressor (Linear, ReLU, Linear with biases), else None."""
     if (isinstance(mlp, nn.Sequential) and len(mlp) == 3 and isinstance(mlp[1], nn.ReLU)
             and all(isinstance(m, nn.Linear) and m.bias is not None for m in (mlp[0], mlp[2]))):
@@ -117,7 +107,7 @@ def compressor_layers(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
 def _kernel_applies(k: Tensor, positions: Tensor, mlp: nn.Module) -> bool:
     """The kernel's case: BlossomRec's compressor for this head dim, in k's dtype (fp16 or bf16 on
     a GPU), and no gradient wanted from k, the positions or the MLP."""
-    layers = compressor_layers(mlp)
+    layers = _compressor_layers(mlp)
     g, d = k.shape[1], k.shape[3]
     width = reference.WINDOW * d
     if layers is None or width % _HIDDEN_CHUNK or positions.shape != (g, reference.WINDOW, d):

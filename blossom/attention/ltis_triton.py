@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
+from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, valid_length
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
 _NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
@@ -56,23 +56,11 @@ def _block_d(head_dim: int) -> int:
 
 
 def _dot_mode(dtype: torch.dtype) -> str:
-    """How _dot multiplies: exact fp32 under TRITON_INTERPRET=1 (its bf16 tl.dot is wrong,
+    """How dot multiplies: exact fp32 under TRITON_INTERPRET=1 (its bf16 tl.dot is wrong,
     TOOLING.md 3), 3xTF32 for fp32 inputs on a GPU, the input dtype's tensor cores otherwise."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return "ieee"
     return "tf32x3" if dtype == torch.float32 else "native"
-
-
-@triton.jit
-def _dot(a, b, DOT: tl.constexpr):
-    """a @ b with an fp32 result. DOT: "native" (fp16/bf16 tensor cores), or an fp32
-    input_precision for fp32 operands ("tf32x3" on GPUs: ~fp32 accuracy on tensor cores;
-    "ieee" in the interpreter, whose bf16 dot is broken)."""
-    if DOT == "native":
-        out = tl.dot(a, b)
-    else:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +98,7 @@ def _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_
     -inf where a block is not visible (j >= i // 16, or past the last block)."""
     j = j0 + tl.arange(0, BLOCK_N)
     ck = tl.load(_row_ptrs(ck_base, 0, j, cols, 0, sc_n, sc_d), mask=(j < num_blocks)[:, None] & col_ok, other=0.0)
-    s = _dot(q_mean, tl.trans(ck.to(tl.float32)), DOT)
+    s = dot(q_mean, tl.trans(ck.to(tl.float32)), DOT)
     return tl.where(j[None, :] < own[:, None], s, float("-inf"))
 
 
@@ -276,7 +264,7 @@ def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale,
               DOT: tl.constexpr, SLOT: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
     """Online-softmax update of rows q [M, d] with keys k, v [N, d]. The own block: mask [M, N].
     A slot tile (SLOT): mask [M, 16] over each row's own columns (_own)."""
-    s = _dot(q, tl.trans(k), DOT)
+    s = dot(q, tl.trans(k), DOT)
     if SLOT:
         s = _own(s, BLOCK_Q, GROUP_P)
     s = tl.where(mask, s * qk_scale, float("-inf"))
@@ -286,7 +274,7 @@ def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale,
     denom = denom * alpha + tl.sum(p, axis=1)
     if SLOT:
         p = _spread(p, BLOCK_Q, GROUP_P)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT)
     return m_new, denom, acc
 
 
@@ -294,8 +282,8 @@ def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale,
 def _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale,
              DOT: tl.constexpr, SLOT: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
     """Add the contribution of keys k, v [N, d] to dq [M, d] (unscaled); mask as _fwd_step's."""
-    s = _dot(q, tl.trans(k), DOT)
-    dp = _dot(do, tl.trans(v), DOT)
+    s = dot(q, tl.trans(k), DOT)
+    dp = dot(do, tl.trans(v), DOT)
     if SLOT:
         s = _own(s, BLOCK_Q, GROUP_P)
         dp = _own(dp, BLOCK_Q, GROUP_P)
@@ -303,7 +291,7 @@ def _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale,
     ds = p * (dp - delta[:, None])
     if SLOT:
         ds = _spread(ds, BLOCK_Q, GROUP_P)
-    return dq + _dot(ds.to(k.dtype), k, DOT)
+    return dq + dot(ds.to(k.dtype), k, DOT)
 
 
 @triton.jit
@@ -435,10 +423,10 @@ def _dkdv_rows(
     ok = row_ok[:, None]
     if CAUSAL:
         ok = ok & (keys[None, :] <= queries[:, None])
-    p = tl.where(ok, tl.exp2(_dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
-    dv += _dot(tl.trans(p.to(do.dtype)), do, DOT)
-    ds = p * (_dot(do, tl.trans(v), DOT) - delta[:, None])
-    dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT)
+    p = tl.where(ok, tl.exp2(dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
+    dv += dot(tl.trans(p.to(do.dtype)), do, DOT)
+    ds = p * (dot(do, tl.trans(v), DOT) - delta[:, None])
+    dk += dot(tl.trans(ds.to(q.dtype)), q, DOT)
     return dk, dv
 
 

@@ -1,4 +1,4 @@
-"""Pieces both sparse kernels share: input checks, the output layout and the valid length."""
+"""Pieces the kernels share: input checks, the output layout, the valid length and the dot."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def valid_length(SEQ_LEN, b, length):
     if SEQ_LEN is not None:
         n_valid = tl.minimum(tl.load(SEQ_LEN + b), length)
     return n_valid
+
+
+@triton.jit
+def dot(a, b, MODE: tl.constexpr):
+    """a @ b with an fp32 result. MODE: "native" (fp16/bf16 tensor cores), or an fp32
+    input_precision for fp32 operands ("tf32x3": ~fp32 accuracy on tensor cores; "ieee": exact
+    products, and what the interpreter needs, whose bf16 dot is broken)."""
+    if MODE == "native":
+        out = tl.dot(a, b)
+    else:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=MODE)
+    return out
 
 
 def empty_blhd(like: Tensor, heads: int) -> Tensor:
