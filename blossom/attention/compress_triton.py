@@ -10,7 +10,7 @@ copy, two GEMMs and a ReLU: six launches and two [B, G, L/16, 32d] intermediates
 per (64 blocks, batch, kv head) reads the windows' key rows straight from K (rows before 0 are the
 pad: zeros), adds the positions, and runs both layers on tensor cores, one chunk of 128 hidden
 units at a time (the hidden layer never leaves registers). H100, bf16, B = 64: 65 us against 160 us
-at L = 4096, 25-32 us against 39-56 us at L = 200-1024. Rounding follows the PyTorch path in the
+at L = 4096, 25-32 us against 39-53 us at L = 200-1024. Rounding follows the PyTorch path in the
 input dtype: the window, the hidden layer (after its bias) and the output are rounded to it, and
 products accumulate in fp32; the keys it gave there were identical to the PyTorch path's.
 
