@@ -10,6 +10,8 @@ by default when CUDA is present. Every backend implements the same signatures:
 - branches(q, k, v, block_idx, scale, seq_len) -> (ltis, stis), both branches in one call
 - split_heads(qkv, n_heads, kv_heads) -> q, k, v            (RoPE on q and k; differentiable)
 - merge(ltis, stis, gate_logits, weight) -> [B, L, D]     (gated sum, heads merged, projected)
+- attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight) -> [B, L, D]
+                                                          (merge(*branches(...), ...); may fuse more)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Backend:
     branches: Callable
     split_heads: Callable
     merge: Callable
+    attend: Callable
 
 
 def _torch_select(q, ck, scale, num_selected):
@@ -49,8 +52,13 @@ def _torch_branches(q, k, v, block_idx, scale, seq_len):
     return reference.ltis_attention(q, k, v, block_idx, scale, seq_len), reference.stis_attention(q, k, v, scale, seq_len)
 
 
+def _torch_attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight):
+    """Both reference branches, then the reference gated merge."""
+    return reference.gated_merge(*_torch_branches(q, k, v, block_idx, scale, seq_len), gate_logits, weight)
+
+
 TORCH = Backend("torch", reference.stis_attention, reference.compress_keys, _torch_select, reference.ltis_attention,
-                _torch_branches, reference.split_heads_rope, reference.gated_merge)
+                _torch_branches, reference.split_heads_rope, reference.gated_merge, _torch_attend)
 
 
 def triton_available() -> bool:
@@ -69,4 +77,4 @@ def get_backend(name: str) -> Backend:
     from blossom.attention import triton_ops
 
     return Backend("triton", triton_ops.stis, triton_ops.compress, triton_ops.select, triton_ops.ltis,
-                   triton_ops.branches, triton_ops.split_heads, triton_ops.merge)
+                   triton_ops.branches, triton_ops.split_heads, triton_ops.merge, triton_ops.attend)

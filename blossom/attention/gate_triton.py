@@ -45,8 +45,9 @@ def _ptrs(X, s_b, s_h, s_l, s_d, b, pos, h, e):
 
 
 @triton.jit
-def _gates(GL, s_gt, s_gc, tok, h, pair_ok):
-    """sigmoid of the LTIS (channel 2h) and STIS (2h + 1) logits, [ROWS, HEADS_P] fp32."""
+def gate_values(GL, s_gt, s_gc, tok, h, pair_ok):
+    """sigmoid of the LTIS (channel 2h) and STIS (2h + 1) logits of tokens tok and heads h,
+    [len(tok), len(h)] fp32 (GL: [B * L, 2H] logits, token stride s_gt, channel stride s_gc)."""
     base = GL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
     g_l = tl.sigmoid(tl.load(base, mask=pair_ok, other=0.0).to(tl.float32))
     g_s = tl.sigmoid(tl.load(base + s_gc, mask=pair_ok, other=0.0).to(tl.float32))
@@ -54,8 +55,9 @@ def _gates(GL, s_gt, s_gc, tok, h, pair_ok):
 
 
 @triton.jit
-def _mixed(lt, st, g_l, g_s):
-    """The gated sum of one tile: g_l * ltis + g_s * stis, gates broadcast over d."""
+def mix_tile(lt, st, g_l, g_s):
+    """The gated sum of one tile, g_l * ltis + g_s * stis: gates [a, b] broadcast over the last
+    axis of ltis, stis [a, b, d]."""
     return g_l[:, :, None] * lt + g_s[:, :, None] * st
 
 
@@ -71,8 +73,8 @@ def _gate_fwd(
     tok, b, pos, h, e, ok, pair_ok = _tile(tl.program_id(0), n_tokens, length, heads, head_dim, ROWS, HEADS_P, D_P)
     lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
     st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
-    g_l, g_s = _gates(GL, s_gt, s_gc, tok, h, pair_ok)
-    out = _mixed(lt, st, g_l, g_s)
+    g_l, g_s = gate_values(GL, s_gt, s_gc, tok, h, pair_ok)
+    out = mix_tile(lt, st, g_l, g_s)
     tl.store(_ptrs(OUT, so_b, so_h, so_l, so_d, b, pos, h, e), out.to(OUT.dtype.element_ty), mask=ok)
 
 
@@ -93,14 +95,14 @@ def _gate_bwd(
     lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
     st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
     do = tl.load(_ptrs(DO, sdo_b, sdo_h, sdo_l, sdo_d, b, pos, h, e), mask=ok, other=0.0).to(tl.float32)
-    g_l, g_s = _gates(GL, s_gt, s_gc, tok, h, pair_ok)
+    g_l, g_s = gate_values(GL, s_gt, s_gc, tok, h, pair_ok)
     grad_ptrs = _ptrs(0, sg_b, sg_h, sg_l, sg_d, b, pos, h, e)
     tl.store(DLT + grad_ptrs, (g_l[:, :, None] * do).to(DLT.dtype.element_ty), mask=ok)
     tl.store(DST + grad_ptrs, (g_s[:, :, None] * do).to(DST.dtype.element_ty), mask=ok)
     dgl = DGL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
     tl.store(dgl, (tl.sum(do * lt, axis=2) * g_l * (1 - g_l)).to(DGL.dtype.element_ty), mask=pair_ok)
     tl.store(dgl + s_gc, (tl.sum(do * st, axis=2) * g_s * (1 - g_s)).to(DGL.dtype.element_ty), mask=pair_ok)
-    mix = _mixed(lt, st, g_l, g_s)
+    mix = mix_tile(lt, st, g_l, g_s)
     tl.store(_ptrs(DO, sdo_b, sdo_h, sdo_l, sdo_d, b, pos, h, e), mix.to(DO.dtype.element_ty), mask=ok)
 
 
@@ -156,13 +158,20 @@ class _GatedMerge(torch.autograd.Function):
         return dltis, dstis, dgl.view(ctx.logits_shape), dweight
 
 
+def check_gate_args(shape: tuple[int, ...], gate_logits: Tensor, weight: Tensor) -> None:
+    """Gate logits [B, L, 2H] and an output projection [D, H d] for branches of shape [B, H, L, d]."""
+    b, heads, length, d = shape
+    if gate_logits.shape != (b, length, 2 * heads):
+        raise ValueError(f"need gate logits [B, L, 2H] = {(b, length, 2 * heads)}, got {tuple(gate_logits.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != heads * d:
+        raise ValueError(f"need an output projection weight [D, {heads * d}], got {tuple(weight.shape)}")
+
+
 def gated_merge(ltis: Tensor, stis: Tensor, gate_logits: Tensor, weight: Tensor) -> Tensor:
     """Same contract as reference.gated_merge: ltis, stis [B, H, L, d] (any strides, one dtype),
     gate_logits [B, L, 2H], weight [D, H d] -> [B, L, D]."""
-    b, heads, length, d = ltis.shape
-    if stis.shape != ltis.shape or gate_logits.shape != (b, length, 2 * heads) or stis.dtype != ltis.dtype:
-        raise ValueError(f"need ltis, stis [B, H, L, d] of one dtype and gate logits [B, L, 2H]; got "
-                         f"{tuple(ltis.shape)}, {tuple(stis.shape)}, {tuple(gate_logits.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != heads * d:
-        raise ValueError(f"need an output projection weight [D, {heads * d}], got {tuple(weight.shape)}")
+    if stis.shape != ltis.shape or stis.dtype != ltis.dtype:
+        raise ValueError(f"need ltis, stis [B, H, L, d] of one dtype; got {tuple(ltis.shape)} {ltis.dtype}, "
+                         f"{tuple(stis.shape)} {stis.dtype}")
+    check_gate_args(tuple(ltis.shape), gate_logits, weight)
     return _GatedMerge.apply(ltis, stis, gate_logits, weight)

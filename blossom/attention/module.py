@@ -111,34 +111,27 @@ class BlossomAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=self.scale)
         return reference._zero_padding(out, seq_len)
 
-    def branch_outputs(self, x: Tensor, seq_len: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """(ltis, stis, gated compressed branch) per head [B, H, L, d], None where off. The
-        projections and the selection are locals here: without autograd they are freed before
-        the merge, which keeps the inference peak to the branch outputs."""
+    def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:
+        """x [B, L, D] right-padded, seq_len [B] -> [B, L, D]."""
         q, k, v = self.project(x)
         ops = self.backend
         if self.branches == "stis":
-            return None, ops.stis(q, k, v, self.scale, seq_len), None
+            return self._merge(None, ops.stis(q, k, v, self.scale, seq_len), x)
         # selection passes no gradient: the compressor records a graph only for the compressed branch
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.compressed):
             ck = ops.compress(k, self.k_intrablock_positions, self.k_compress)
         block_idx = ops.select(q.detach(), ck.detach(), self.scale, self.num_selected)
-        stis = compressed = None
-        if self.branches == "both":  # one call: the backend may share work and gradients between them
-            ltis, stis = ops.branches(q, k, v, block_idx, self.scale, seq_len)
+        if self.branches == "ltis":
+            out = self._merge(ops.ltis(q, k, v, block_idx, self.scale, seq_len), None, x)
+        elif self.fixed_gate is None:  # the model: one call, the backend may fuse branches, gate and projection
+            out = ops.attend(q, k, v, block_idx, self.scale, seq_len, self.gate(x), self.combine_heads.weight)
         else:
-            ltis = ops.ltis(q, k, v, block_idx, self.scale, seq_len)
-        if self.compressed:
+            out = self._merge(*ops.branches(q, k, v, block_idx, self.scale, seq_len), x)
+        if self.compressed:  # the projection is linear: project the compressed branch on its own
             compressed = self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
-        return ltis, stis, compressed
-
-    def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:
-        """x [B, L, D] right-padded, seq_len [B] -> [B, L, D]."""
-        ltis, stis, compressed = self.branch_outputs(x, seq_len)
-        if ltis is not None and stis is not None and self.fixed_gate is None:
-            out = self.backend.merge(ltis, stis, self.gate(x), self.combine_heads.weight)
-        else:  # ablations: one branch, or constant gates
-            out = self.combine_heads(reference.merge_heads(reference.combine_gated(ltis, stis, self.gates(x))))
-        if compressed is not None:  # the projection is linear: project the compressed branch on its own
             out = out + self.combine_heads(reference.merge_heads(compressed))
         return out
+
+    def _merge(self, ltis: Tensor | None, stis: Tensor | None, x: Tensor) -> Tensor:
+        """Ablations (one branch, or constant gates): gated sum, heads merged, output projection."""
+        return self.combine_heads(reference.merge_heads(reference.combine_gated(ltis, stis, self.gates(x))))

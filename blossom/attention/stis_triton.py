@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
+from blossom.attention.gate_triton import gate_values, mix_tile
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
@@ -58,17 +59,17 @@ def _program(SEQ_LEN, length, kv_heads, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _stis_fwd(
-    Q, K, V, O, LSE, SEQ_LEN,
+def _fwd_tile(
+    Q, K, V, SEQ_LEN,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
-    so_b, so_h, so_l, so_d,
     length, num_offsets, kv_heads, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """One query tile x (batch, kv head): O of the group's query heads and their LSE (natural log)."""
+    """The forward's work for this program's query tile x (batch, kv head): (b, g, heads, rows,
+    cols, row_mask, out_mask, out [GROUP_P, BLOCK, BLOCK_D] fp32, logsumexp in log2 units)."""
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     rows = t0 + tl.arange(0, BLOCK)
@@ -104,10 +105,55 @@ def _stis_fwd(
     denom = tl.where(row_mask, denom, 1.0)
     out = tl.where(qmask, acc / denom[:, :, None], 0.0)
     out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
+    return b, g, heads, rows, cols, row_mask, out_mask, out, m + tl.log2(denom)
+
+
+@triton.jit
+def _stis_fwd(
+    Q, K, V, O, LSE, SEQ_LEN,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    so_b, so_h, so_l, so_d,
+    length, num_offsets, kv_heads, qk_scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One query tile x (batch, kv head): O of the group's query heads and their LSE (natural log)."""
+    b, g, heads, rows, cols, row_mask, out_mask, out, lse2 = _fwd_tile(
+        Q, K, V, SEQ_LEN, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
+        length, num_offsets, kv_heads, qk_scale, GROUP, GROUP_P, BLOCK, HEAD_DIM, BLOCK_D)
     o_ptrs = _head_ptrs(O + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=out_mask)
     lse_ptrs = LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :]
-    tl.store(lse_ptrs, (m + tl.log2(denom)) / LOG2E, mask=row_mask)
+    tl.store(lse_ptrs, lse2 / LOG2E, mask=row_mask)
+
+
+@triton.jit
+def _stis_fwd_gated(
+    Q, K, V, LT, GL, MIX, SEQ_LEN,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    so_b, so_h, so_l, so_d,
+    s_gt, s_gc, length, num_offsets, kv_heads, qk_scale,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Inference: the forward's tile mixed with the LTIS output LT by the sigmoid gates of GL
+    ([B * L, 2H] logits) straight into MIX (LT's strides), as the gate kernel would: the STIS
+    output is rounded to MIX's dtype first, as the unfused path stores it. No O, no LSE."""
+    b, g, heads, rows, cols, row_mask, out_mask, out, _ = _fwd_tile(
+        Q, K, V, SEQ_LEN, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
+        length, num_offsets, kv_heads, qk_scale, GROUP, GROUP_P, BLOCK, HEAD_DIM, BLOCK_D)
+    stis = out.to(MIX.dtype.element_ty).to(tl.float32)
+    lt_ptrs = _head_ptrs(LT + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+    ltis = tl.load(lt_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+    pair_ok = (rows < length)[:, None] & (heads < GROUP)[None, :]
+    g_l, g_s = gate_values(GL, s_gt, s_gc, b * length + rows, g * GROUP + heads, pair_ok)  # [BLOCK, heads]
+    mix = mix_tile(ltis, stis, tl.trans(g_l), tl.trans(g_s))
+    mix_ptrs = _head_ptrs(MIX + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+    tl.store(mix_ptrs, mix.to(MIX.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -262,6 +308,25 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tenso
         length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
     )  # fmt: skip
     return out, lse
+
+
+def launch_forward_gated(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None, ltis: Tensor,
+                         gate_logits: Tensor) -> Tensor:
+    """Inference: the gated mix of ltis (laid out [B, L, H, d]) and this branch's output, one
+    kernel: [B, H, L, d] laid out [B, L, H, d]. gate_logits [B * L, 2H]; seq_len as
+    device_lengths gives it."""
+    b, h, length, _ = q.shape
+    kv_heads = k.shape[1]
+    mix = empty_blhd(q, h)
+    if ltis.stride() != mix.stride():
+        raise ValueError("ltis must be laid out [B, L, H, d], as the LTIS kernel writes it")
+    block_fwd, _, meta = _meta(q, kv_heads)
+    _stis_fwd_gated[(triton.cdiv(length, block_fwd), b * kv_heads)](
+        q, k, v, ltis, gate_logits, mix, seq_len,
+        *q.stride(), *k.stride(), *v.stride(), *mix.stride(), *gate_logits.stride(),
+        length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
+    )  # fmt: skip
+    return mix
 
 
 def launch_backward(

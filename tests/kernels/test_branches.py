@@ -1,4 +1,5 @@
-"""Both branches in one Function (blossom/attention/branches_triton.py) against the references.
+"""Both branches in one Function (blossom/attention/branches_triton.py) against the references,
+and `attend` (branches, gate, projection), whose inference path fuses the gate into the STIS kernel.
 
 The outputs are checked through a fixed mix 0.75 * ltis - 1.5 * stis, so a swapped output or a
 gradient sent to the wrong branch fails, and dq, dk, dv must be the sum of both branches'
@@ -13,7 +14,8 @@ import torch
 from torch import Tensor
 
 from blossom.attention import reference, stis_triton
-from blossom.attention.branches_triton import both_branches
+from blossom.attention.branches_triton import attend, both_branches
+from blossom.attention.gate_triton import gated_merge
 
 from .cases import BF16, F16, F32, check_branch, gpu_case, inputs, needs_cuda
 from .test_ltis import SCALE, check_padding_with_selection, make_block_idx
@@ -71,3 +73,49 @@ def test_accumulation_target_must_match_the_layout() -> None:
 def test_gpu_random_shapes(index: int) -> None:
     """12 of the GPU case list's shapes (the issue's edge lengths first): each branch has its own 60."""
     check_case(*gpu_case(index, seed=2000), "cuda", seed=index)
+
+
+def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
+    """Without autograd, attend (fused gate) gives gated_merge(*both_branches) bit for bit; with
+    it, attend is that composition, gradients included."""
+    q, k, v = inputs(shape, dtype, layout, device, seed)
+    b, h, _, length, d = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+    gate_logits = torch.randn(b, length, 2 * h, generator=gen, device=device).to(dtype)
+    weight = torch.randn(32, h * d, generator=gen, device=device).to(dtype)
+    block_idx = make_block_idx(q, shape[2], reference.NUM_SELECTED, drop=0.2, seed=seed)
+    seq_len = None if lengths is None else torch.tensor(lengths, device=device)
+    args = (q, k, v, block_idx, SCALE, seq_len, gate_logits, weight)
+    with torch.no_grad():
+        fused = attend(*args)
+        unfused = gated_merge(*both_branches(q, k, v, block_idx, SCALE, seq_len), gate_logits, weight)
+    assert fused.shape == (b, length, 32)
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
+    out = attend(*args)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), unfused, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), [
+    ((2, 4, 2, 40, 16), F32, "qkv", [40, 9]),  # GQA, padding, selection
+    ((1, 2, 1, 15, 16), F32, "contiguous", None),  # no selectable block
+    ((1, 6, 2, 20, 16), F32, "qkv", [20]),  # 3 heads per group: a padded head slot
+])
+def test_attend_fuses_the_gate_for_inference(shape, dtype, layout, lengths) -> None:
+    check_attend(shape, dtype, layout, lengths, "cpu", seed=1)
+
+
+def test_attend_checks_the_gate_inputs() -> None:
+    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16)
+    idx = torch.full((1, 2, 8, 0), -1, dtype=torch.int32)
+    with torch.no_grad(), pytest.raises(ValueError, match="gate logits"):
+        attend(q, k, k, idx, SCALE, None, torch.zeros(1, 8, 4), torch.zeros(32, 64))
+    with torch.no_grad(), pytest.raises(ValueError, match="projection weight"):
+        attend(q, k, k, idx, SCALE, None, torch.zeros(1, 8, 8), torch.zeros(32, 16))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(12))
+def test_attend_gpu_random_shapes(index: int) -> None:
+    check_attend(*gpu_case(index, seed=3000), "cuda", seed=index)
