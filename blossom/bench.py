@@ -423,6 +423,12 @@ def triton_version() -> str:
     return triton.__version__
 
 
+def run_columns(config: BenchConfig, device: torch.device) -> dict[str, object]:
+    """The columns every row of one run shares (this CSV's and the profile's)."""
+    return {"batch_size": config.batch_size, "dtype": config.dtype, "device": device_name(device),
+            "torch": torch.__version__, "triton": triton_version()}
+
+
 def run_attention_bench(config: BenchConfig, out: Path, log: Callable[[str], None] = print) -> list[dict[str, object]]:
     """Every (L ascending, phase, mode, impl) cell, in that order so a killed run has all impls at small L.
 
@@ -430,8 +436,7 @@ def run_attention_bench(config: BenchConfig, out: Path, log: Callable[[str], Non
     and mode are not run (a train OOM says nothing about inference, so phases are tracked apart).
     """
     device = resolve_device(config.device)
-    common = {"batch_size": config.batch_size, "dtype": config.dtype, "device": device_name(device),
-              "torch": torch.__version__, "triton": triton_version()}
+    common = run_columns(config, device)
     skipped: dict[tuple[str, str, str], str] = {}
     rows: list[dict[str, object]] = []
     cells = [(L, p, m, i) for L in sorted(set(config.seq_lens)) for p in config.phases for m in config.modes

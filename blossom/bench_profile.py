@@ -92,8 +92,7 @@ def summary(rows: list[dict[str, object]], top: int) -> str:
 def run_profile(config: bench.BenchConfig, out: Path, log: Callable[[str], None] = print) -> list[dict[str, object]]:
     """Every (L ascending, phase, impl) cell in eager mode; an unavailable impl is not retried."""
     device = resolve_device(config.device)
-    meta = {"batch_size": config.batch_size, "dtype": config.dtype, "device": bench.device_name(device),
-            "torch": torch.__version__, "triton": bench.triton_version()}
+    meta = bench.run_columns(config, device)
     unavailable: dict[str, str] = {}
     rows: list[dict[str, object]] = []
     for seq_len in sorted(set(config.seq_lens)):

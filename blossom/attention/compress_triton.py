@@ -21,7 +21,6 @@ The Triton interpreter runs the kernel in fp32 with exact products: that is what
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -29,7 +28,7 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from blossom.attention import reference
-from blossom.attention.triton_common import dot
+from blossom.attention.triton_common import dot, interpreted
 
 _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 4 warps
 # window rows per dot (K = 4 d). H100, B = 64, bf16 (2, 4, 8 rows x 64, 128 hidden units): 4 x 128
@@ -37,14 +36,10 @@ _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 
 _ROWS_PER_STEP = 4
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _precision(dtype: torch.dtype) -> str:
     """How the kernel's dots multiply (triton_common.dot): the input dtype's tensor cores ("native") for fp16/bf16,
     exact fp32 products ("ieee") for fp32, which only the interpreter runs (its bf16 dot is wrong)."""
-    return "ieee" if dtype == torch.float32 or _interpreted() else "native"
+    return "ieee" if dtype == torch.float32 or interpreted() else "native"
 
 
 @triton.jit
@@ -118,7 +113,7 @@ def _kernel_applies(k: Tensor, positions: Tensor, mlp: nn.Module) -> bool:
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [k, positions, *params])
     # fp32 on a GPU: cuBLAS's SGEMMs beat the kernel's exact fp32 products (H100: 0.83 against
     # 5.2 ms at B = 2048, L = 200); the interpreter runs it in fp32, which is how CPU CI checks it
-    fp32_on_gpu = k.dtype == torch.float32 and not _interpreted()
+    fp32_on_gpu = k.dtype == torch.float32 and not interpreted()
     return not wants_grad and not fp32_on_gpu and all(p.dtype == k.dtype for p in params)
 
 

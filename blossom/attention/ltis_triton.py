@@ -33,7 +33,6 @@ NaN there cannot leak into valid outputs.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -42,7 +41,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, valid_length
+from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
 _NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
@@ -58,7 +57,7 @@ def _block_d(head_dim: int) -> int:
 def _dot_mode(dtype: torch.dtype) -> str:
     """How dot multiplies: exact fp32 under TRITON_INTERPRET=1 (its bf16 tl.dot is wrong,
     TOOLING.md 3), 3xTF32 for fp32 inputs on a GPU, the input dtype's tensor cores otherwise."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         return "ieee"
     return "tf32x3" if dtype == torch.float32 else "native"
 

@@ -147,13 +147,12 @@ def _stis_fwd_gated(
         Q, K, V, SEQ_LEN, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
         length, num_offsets, kv_heads, qk_scale, GROUP, GROUP_P, BLOCK, HEAD_DIM, BLOCK_D)
     stis = out.to(MIX.dtype.element_ty).to(tl.float32)
-    lt_ptrs = _head_ptrs(LT + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    ltis = tl.load(lt_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+    offs = _head_ptrs(b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)  # LT's and MIX's
+    ltis = tl.load(LT + offs, mask=out_mask, other=0.0).to(tl.float32)
     pair_ok = (rows < length)[:, None] & (heads < GROUP)[None, :]
     g_l, g_s = gate_values(GL, s_gt, s_gc, b * length + rows, g * GROUP + heads, pair_ok)  # [BLOCK, heads]
     mix = mix_tile(ltis, stis, tl.trans(g_l), tl.trans(g_s))
-    mix_ptrs = _head_ptrs(MIX + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    tl.store(mix_ptrs, mix.to(MIX.dtype.element_ty), mask=out_mask)
+    tl.store(MIX + offs, mix.to(MIX.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -11,6 +12,11 @@ from torch import Tensor
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E: tl.constexpr = tl.constexpr(math.log2(math.e))  # scores in log2 units: exp2 is cheaper
+
+
+def interpreted() -> bool:
+    """True under TRITON_INTERPRET=1 (CPU tests), whose bf16 tl.dot is wrong (TOOLING.md 3)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
