@@ -1,5 +1,5 @@
 """Both sparse branches as one autograd Function: LTIS and STIS share q, k, v and their gradients;
-and `attend`, the branches with the gate and the output projection, fused further for inference.
+and `attend`, the branches with the gate and the output projection, one Function more.
 
 Two Functions would each allocate dq, dk, dv and autograd would add them (three more kernels and
 three more buffers per step). Here the STIS backward kernels add their gradients into the LTIS
@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import ltis_triton, stis_triton
-from blossom.attention.gate_triton import check_gate_args, gated_merge
+from blossom.attention.gate_triton import check_gate_args, merge_backward
 from blossom.attention.reference import merge_heads
 from blossom.attention.triton_common import device_lengths
 
@@ -36,10 +36,43 @@ class _Branches(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dltis: Tensor, dstis: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
-        q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = ctx.saved_tensors
-        grads = ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, ctx.scale)
-        grads = stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, ctx.scale, add_to=grads)
-        return *grads, None, None, None
+        return *_branches_backward(ctx.saved_tensors, ctx.scale, dltis, dstis), None, None, None
+
+
+def _branches_backward(saved: tuple[Tensor, ...], scale: float, dltis: Tensor, dstis: Tensor) -> tuple[Tensor, ...]:
+    """dq, dk, dv of both branches from what _Branches saves: LTIS writes, STIS adds in place."""
+    q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = saved
+    grads = ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, scale)
+    return stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, scale, add_to=grads)
+
+
+class _Attend(torch.autograd.Function):
+    """Branches, gate and projection for training: the STIS forward kernel writes the gated mix as
+    well as its output (no gate kernel, no second read of that output), and the host walks one
+    autograd node instead of two. Saves what _Branches and _GatedMerge would; the backward is
+    theirs, one after the other."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None,
+        gate_logits: Tensor, weight: Tensor,
+    ) -> Tensor:
+        b, heads, length, _ = q.shape
+        gl = gate_logits.reshape(b * length, 2 * heads)
+        ltis, ltis_lse = ltis_triton.launch_forward(q, k, v, block_idx, scale, seq_len)
+        mix, stis, stis_lse = stis_triton.launch_forward_gated(q, k, v, scale, seq_len, ltis, gl, keep_branch=True)
+        ctx.save_for_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight)
+        ctx.scale, ctx.logits_shape = scale, gate_logits.shape
+        return F.linear(merge_heads(mix), weight.to(q.dtype))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight = ctx.saved_tensors
+        dltis, dstis, dgl, dweight = merge_backward(ltis, stis, gl, weight, dout)
+        saved = (q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse)
+        dq, dk, dv = _branches_backward(saved, ctx.scale, dltis, dstis)
+        return dq, dk, dv, None, None, None, dgl.view(ctx.logits_shape), dweight
 
 
 def both_branches(
@@ -55,19 +88,18 @@ def attend(
     q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None, gate_logits: Tensor,
     weight: Tensor,
 ) -> Tensor:
-    """gated_merge(*both_branches(q, k, v, block_idx, scale, seq_len), gate_logits, weight): [B, L, D].
-
-    While autograd records, exactly that. Otherwise (inference) the STIS forward kernel mixes its
-    output with the LTIS output by the gates as it writes them (stis_triton.launch_forward_gated):
-    no STIS output buffer, no logsumexps, no gate kernel, the same values.
+    """gated_merge(*both_branches(q, k, v, block_idx, scale, seq_len), gate_logits, weight): [B, L, D],
+    the same values and gradients, with the gate fused into the STIS forward kernel
+    (stis_triton.launch_forward_gated). For inference that kernel writes only the mix: no STIS output
+    buffer, no logsumexps, no gate kernel.
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gate_logits, weight)):
-        return gated_merge(*both_branches(q, k, v, block_idx, scale, seq_len), gate_logits, weight)
     ltis_triton.check_inputs(q, k, v, block_idx, seq_len)
     check_gate_args(tuple(q.shape), gate_logits, weight)
-    b, heads, length, _ = q.shape
     lengths = device_lengths(seq_len, q.device)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gate_logits, weight)):
+        return _Attend.apply(q, k, v, block_idx, scale, lengths, gate_logits, weight)
+    b, heads, length, _ = q.shape
     ltis, _ = ltis_triton.launch_forward(q, k, v, block_idx, scale, lengths)
-    mix = stis_triton.launch_forward_gated(q, k, v, scale, lengths, ltis, gate_logits.reshape(b * length, 2 * heads))
+    mix, _, _ = stis_triton.launch_forward_gated(q, k, v, scale, lengths, ltis, gate_logits.reshape(b * length, 2 * heads))
     del ltis  # before the projection's output: the inference peak stays below the unfused path's
     return F.linear(merge_heads(mix), weight.to(q.dtype))

@@ -141,21 +141,27 @@ class _GatedMerge(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        ltis, stis, gl, weight = ctx.saved_tensors
-        b, heads, length, d = ltis.shape
-        dout = dout.to(ltis.dtype)
-        dmix_merged = dout @ weight.to(ltis.dtype)  # [B, L, H d]; holds the mix after the kernel
-        dmix = dmix_merged.view(b, length, heads, d).transpose(1, 2)
-        dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
-        dgl = torch.empty_like(gl)
-        grid, meta = _launch(b, length, heads, d)
-        _gate_bwd[grid](
-            ltis, stis, gl, dmix, dltis, dstis, dgl,
-            *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
-            b * length, length, heads, d, **meta,
-        )  # fmt: skip
-        dweight = (dout.flatten(0, 1).t() @ dmix_merged.flatten(0, 1)).to(weight.dtype)
+        dltis, dstis, dgl, dweight = merge_backward(*ctx.saved_tensors, dout)
         return dltis, dstis, dgl.view(ctx.logits_shape), dweight
+
+
+def merge_backward(ltis: Tensor, stis: Tensor, gl: Tensor, weight: Tensor, dout: Tensor) -> tuple[Tensor, ...]:
+    """The merge's backward from what its forward saved (gl: the logits as [B * L, 2H]) and the
+    output's gradient: (d ltis, d stis, d gl [B * L, 2H], d weight)."""
+    b, heads, length, d = ltis.shape
+    dout = dout.to(ltis.dtype)
+    dmix_merged = dout @ weight.to(ltis.dtype)  # [B, L, H d]; holds the mix after the kernel
+    dmix = dmix_merged.view(b, length, heads, d).transpose(1, 2)
+    dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
+    dgl = torch.empty_like(gl)
+    grid, meta = _launch(b, length, heads, d)
+    _gate_bwd[grid](
+        ltis, stis, gl, dmix, dltis, dstis, dgl,
+        *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
+        b * length, length, heads, d, **meta,
+    )  # fmt: skip
+    dweight = (dout.flatten(0, 1).t() @ dmix_merged.flatten(0, 1)).to(weight.dtype)
+    return dltis, dstis, dgl, dweight
 
 
 def check_gate_args(shape: tuple[int, ...], gate_logits: Tensor, weight: Tensor) -> None:

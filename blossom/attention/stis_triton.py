@@ -131,7 +131,7 @@ def _stis_fwd(
 
 @triton.jit
 def _stis_fwd_gated(
-    Q, K, V, LT, GL, MIX, SEQ_LEN,
+    Q, K, V, LT, GL, MIX, O, LSE, SEQ_LEN,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
@@ -140,14 +140,19 @@ def _stis_fwd_gated(
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """Inference: the forward's tile mixed with the LTIS output LT by the sigmoid gates of GL
-    ([B * L, 2H] logits) straight into MIX (LT's strides), as the gate kernel would: the STIS
-    output is rounded to MIX's dtype first, as the unfused path stores it. No O, no LSE."""
-    b, g, heads, rows, cols, row_mask, out_mask, out, _ = _fwd_tile(
+    """The forward's tile mixed with the LTIS output LT by the sigmoid gates of GL ([B * L, 2H]
+    logits) straight into MIX (LT's strides), as the gate kernel would: the STIS output is rounded
+    to MIX's dtype first, as the unfused path stores it. O and LSE: None for inference; for
+    training, where the backward needs them, the branch's output (MIX's strides) and logsumexp."""
+    b, g, heads, rows, cols, row_mask, out_mask, out, lse2 = _fwd_tile(
         Q, K, V, SEQ_LEN, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
         length, num_offsets, kv_heads, qk_scale, GROUP, GROUP_P, BLOCK, HEAD_DIM, BLOCK_D)
     stis = out.to(MIX.dtype.element_ty).to(tl.float32)
-    offs = _head_ptrs(b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)  # LT's and MIX's
+    offs = _head_ptrs(b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)  # LT's, MIX's and O's
+    if O is not None:
+        tl.store(O + offs, stis.to(O.dtype.element_ty), mask=out_mask)
+        tl.store(LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :], lse2 / LOG2E,
+                 mask=row_mask)
     ltis = tl.load(LT + offs, mask=out_mask, other=0.0).to(tl.float32)
     pair_ok = (rows < length)[:, None] & (heads < GROUP)[None, :]
     g_l, g_s = gate_values(GL, s_gt, s_gc, b * length + rows, g * GROUP + heads, pair_ok)  # [BLOCK, heads]
@@ -309,23 +314,28 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tenso
     return out, lse
 
 
-def launch_forward_gated(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None, ltis: Tensor,
-                         gate_logits: Tensor) -> Tensor:
-    """Inference: the gated mix of ltis (laid out [B, L, H, d]) and this branch's output, one
-    kernel: [B, H, L, d] laid out [B, L, H, d]. gate_logits [B * L, 2H]; seq_len as
-    device_lengths gives it."""
+def launch_forward_gated(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None, ltis: Tensor, gate_logits: Tensor,
+    keep_branch: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The gated mix of ltis (laid out [B, L, H, d]) and this branch's output, one kernel:
+    (mix [B, H, L, d] laid out [B, L, H, d], output, logsumexp). keep_branch (training): also the
+    branch's output and logsumexp as launch_forward gives them, else None. gate_logits [B * L, 2H];
+    seq_len as device_lengths gives it."""
     b, h, length, _ = q.shape
     kv_heads = k.shape[1]
     mix = empty_blhd(q, h)
     if ltis.stride() != mix.stride():
         raise ValueError("ltis must be laid out [B, L, H, d], as the LTIS kernel writes it")
+    out, lse = (empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)) if keep_branch \
+        else (None, None)
     block_fwd, _, meta = _meta(q, kv_heads)
     _stis_fwd_gated[(triton.cdiv(length, block_fwd), b * kv_heads)](
-        q, k, v, ltis, gate_logits, mix, seq_len,
+        q, k, v, ltis, gate_logits, mix, out, lse, seq_len,
         *q.stride(), *k.stride(), *v.stride(), *mix.stride(), *gate_logits.stride(),
         length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
     )  # fmt: skip
-    return mix
+    return mix, out, lse
 
 
 def launch_backward(

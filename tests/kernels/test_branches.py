@@ -76,8 +76,8 @@ def test_gpu_random_shapes(index: int) -> None:
 
 
 def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
-    """Without autograd, attend (fused gate) gives gated_merge(*both_branches) bit for bit; with
-    it, attend is that composition, gradients included."""
+    """attend (the gate fused into the STIS forward) gives gated_merge(*both_branches) bit for
+    bit: without autograd, and with it, every input's gradient included."""
     q, k, v = inputs(shape, dtype, layout, device, seed)
     b, h, _, length, d = shape
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -91,9 +91,16 @@ def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: s
         unfused = gated_merge(*both_branches(q, k, v, block_idx, SCALE, seq_len), gate_logits, weight)
     assert fused.shape == (b, length, 32)
     torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
-    out = attend(*args)
-    assert out.grad_fn is not None
-    torch.testing.assert_close(out.detach(), unfused, rtol=0, atol=0)
+    grads = {}
+    for name, path in (("fused", attend), ("unfused", lambda *a: gated_merge(*both_branches(*a[:6]), *a[6:]))):
+        leaves = [t.detach().requires_grad_() for t in (q, k, v, gate_logits, weight)]
+        out = path(*leaves[:3], block_idx, SCALE, seq_len, *leaves[3:])
+        out.backward(torch.randn(out.shape, generator=torch.Generator(device=device).manual_seed(seed), device=device,
+                                 dtype=out.dtype))
+        grads[name] = (out.detach(), *(t.grad for t in leaves))
+    torch.testing.assert_close(grads["fused"][0], unfused, rtol=0, atol=0)
+    for got, want in zip(grads["fused"], grads["unfused"], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), [
@@ -101,7 +108,7 @@ def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: s
     ((1, 2, 1, 15, 16), F32, "contiguous", None),  # no selectable block
     ((1, 6, 2, 20, 16), F32, "qkv", [20]),  # 3 heads per group: a padded head slot
 ])
-def test_attend_fuses_the_gate_for_inference(shape, dtype, layout, lengths) -> None:
+def test_attend_fuses_the_gate(shape, dtype, layout, lengths) -> None:
     check_attend(shape, dtype, layout, lengths, "cpu", seed=1)
 
 
