@@ -9,6 +9,8 @@ by default when CUDA is present. Every backend implements the same signatures:
 - ltis(q, k, v, block_idx, scale, seq_len) -> [B, H, L, d] (differentiable in q, k, v)
 - branches(q, k, v, block_idx, scale, seq_len) -> (ltis, stis), both branches in one call
 - split_heads(qkv, n_heads, kv_heads) -> q, k, v            (RoPE on q and k; differentiable)
+- project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads) -> q, k, v, gate_logits
+                                                          (split_heads of x's qkv projection and its gate projection)
 - merge(ltis, stis, gate_logits, weight) -> [B, L, D]     (gated sum, heads merged, projected)
 - attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight) -> [B, L, D]
                                                           (merge(*branches(...), ...); may fuse more)
@@ -38,6 +40,7 @@ class Backend:
     ltis: Callable
     branches: Callable
     split_heads: Callable
+    project: Callable
     merge: Callable
     attend: Callable
 
@@ -58,7 +61,8 @@ def _torch_attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight):
 
 
 TORCH = Backend("torch", reference.stis_attention, reference.compress_keys, _torch_select, reference.ltis_attention,
-                _torch_branches, reference.split_heads_rope, reference.gated_merge, _torch_attend)
+                _torch_branches, reference.split_heads_rope, reference.project_split_rope, reference.gated_merge,
+                _torch_attend)
 
 
 def triton_available() -> bool:
@@ -77,4 +81,4 @@ def get_backend(name: str) -> Backend:
     from blossom.attention import triton_ops
 
     return Backend("triton", triton_ops.stis, triton_ops.compress, triton_ops.select, triton_ops.ltis,
-                   triton_ops.branches, triton_ops.split_heads, triton_ops.merge, triton_ops.attend)
+                   triton_ops.branches, triton_ops.split_heads, triton_ops.project, triton_ops.merge, triton_ops.attend)

@@ -113,8 +113,13 @@ class BlossomAttention(nn.Module):
 
     def forward(self, x: Tensor, seq_len: Tensor | None = None) -> Tensor:
         """x [B, L, D] right-padded, seq_len [B] -> [B, L, D]."""
-        q, k, v = self.project(x)
         ops = self.backend
+        learned_gate = self.branches == "both" and self.fixed_gate is None  # the model
+        if learned_gate:  # both projections of x at once: the backend may run them as one GEMM
+            q, k, v, gate_logits = ops.project(x, self.to_qkv.weight, self.gate.weight, self.gate.bias, self.n_heads,
+                                               self.kv_heads)  # fmt: skip
+        else:
+            q, k, v = self.project(x)
         if self.branches == "stis":
             return self._merge(None, ops.stis(q, k, v, self.scale, seq_len), x)
         # selection passes no gradient: the compressor records a graph only for the compressed branch
@@ -123,8 +128,8 @@ class BlossomAttention(nn.Module):
         block_idx = ops.select(q.detach(), ck.detach(), self.scale, self.num_selected)
         if self.branches == "ltis":
             out = self._merge(ops.ltis(q, k, v, block_idx, self.scale, seq_len), None, x)
-        elif self.fixed_gate is None:  # the model: one call, the backend may fuse branches, gate and projection
-            out = ops.attend(q, k, v, block_idx, self.scale, seq_len, self.gate(x), self.combine_heads.weight)
+        elif learned_gate:  # one call: the backend may fuse branches, gate and projection
+            out = ops.attend(q, k, v, block_idx, self.scale, seq_len, gate_logits, self.combine_heads.weight)
         else:
             out = self._merge(*ops.branches(q, k, v, block_idx, self.scale, seq_len), x)
         if self.compressed:  # the projection is linear: project the compressed branch on its own

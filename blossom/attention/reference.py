@@ -59,6 +59,14 @@ def split_heads_rope(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, 
     return rope(q), rope(k), v
 
 
+def project_split_rope(
+    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The model's two projections of x [B, L, D]: split_heads_rope of the qkv projection (no bias)
+    and the gate logits x W_gate^T + b_gate [B, L, n]."""
+    return *split_heads_rope(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
+
+
 def stis_offsets(length: int) -> list[int]:
     """Distances i - j that STIS attends: 0..7, then 8, 16, 32, ... (only those < length)."""
     local = list(range(min(LOCAL_WINDOW, length)))

@@ -8,11 +8,18 @@ copies per tensor, forward and backward: on an H100 at L = 4096 that glue cost m
 the attention kernels. The backward applies the inverse rotation to dq, dk (any strides, as
 autograd hands them over) and writes dqkv in the projection's layout, dv copied in, so autograd
 needs no split/cat of its own.
+
+`project_split_rope` goes one step back, to the qkv projection and BlossomRec's gate projection,
+which both read x: the backward kernel writes the gate logits' gradient next to dqkv, so x's
+gradient is one GEMM over both projections' stacked weights, not two GEMMs and their sum. The
+forward keeps two GEMMs: one over the stacked weights (and a stacked bias) was 4-9% slower in
+inference on an H100, and its stacked weight gradient failed the tolerance rule for the gate's rows.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -49,16 +56,17 @@ def _rotate(x, pos, COS, SIN, HALF: tl.constexpr, INVERSE: tl.constexpr):
 
 
 @triton.jit
-def _split_part(SRC, s_src, DST, tok, pos, COS, SIN, n_tokens, width,
+def _split_part(SRC, s_src, DST, s_dst, tok, pos, COS, SIN, n_tokens, width,
                 HALF: tl.constexpr, W_P: tl.constexpr, ROTATE: tl.constexpr):  # fmt: skip
-    """Columns [0, width) of the token rows at SRC (row stride s_src) -> DST [tokens, width], rotated if ROTATE."""
+    """Columns [0, width) of the token rows at SRC (row stride s_src) -> the rows at DST (row
+    stride s_dst), rotated if ROTATE."""
     cols = tl.arange(0, W_P)
     ok = (tok < n_tokens)[:, None] & (cols < width)[None, :]
     tok64 = tok.to(tl.int64)[:, None]
     x = tl.load(SRC + tok64 * s_src + cols[None, :], mask=ok, other=0.0)
     if ROTATE:
         x = _rotate(x, pos, COS, SIN, HALF, False)
-    tl.store(DST + tok64 * width + cols[None, :], x.to(DST.dtype.element_ty), mask=ok)
+    tl.store(DST + tok64 * s_dst + cols[None, :], x.to(DST.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -70,9 +78,10 @@ def _rotary_fwd(
     (contiguous [B, L, heads, d]), q and k rotated."""
     tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     pos = tok % length
-    _split_part(QKV, s_qkv, Q, tok, pos, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
-    _split_part(QKV + q_width, s_qkv, K, tok, pos, COS, SIN, n_tokens, kv_width, HALF, KVW_P, True)
-    _split_part(QKV + q_width + kv_width, s_qkv, V, tok, pos, COS, SIN, n_tokens, kv_width, HALF, KVW_P, False)
+    _split_part(QKV, s_qkv, Q, q_width, tok, pos, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
+    _split_part(QKV + q_width, s_qkv, K, kv_width, tok, pos, COS, SIN, n_tokens, kv_width, HALF, KVW_P, True)
+    _split_part(QKV + q_width + kv_width, s_qkv, V, kv_width, tok, pos, COS, SIN, n_tokens, kv_width, HALF, KVW_P,
+                False)  # fmt: skip
 
 
 @triton.jit
@@ -91,20 +100,24 @@ def _merge_part(G, s_b, s_h, s_l, s_d, DST, s_dst, tok, length, COS, SIN, n_toke
 
 @triton.jit
 def _rotary_bwd(
-    DQ, DK, DV, COS, SIN, DQKV,
+    DQ, DK, DV, COS, SIN, DQKV, DGL,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
-    s_out, n_tokens, length, q_width, kv_width,
-    ROWS: tl.constexpr, HALF: tl.constexpr, QW_P: tl.constexpr, KVW_P: tl.constexpr,
+    s_out, s_dgl, n_tokens, length, q_width, kv_width, gl_width,
+    ROWS: tl.constexpr, HALF: tl.constexpr, QW_P: tl.constexpr, KVW_P: tl.constexpr, GLW_P: tl.constexpr,
 ):  # fmt: skip
-    """dqkv of tokens [pid * ROWS, +ROWS): dq, dk rotated back, dv as is, in the projection's layout."""
+    """dqkv of tokens [pid * ROWS, +ROWS): dq, dk rotated back, dv as is, in the projection's
+    layout; DGL (if not None; row stride s_dgl): the gate logits' gradient, in the columns after dv."""
     tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     _merge_part(DQ, sq_b, sq_h, sq_l, sq_d, DQKV, s_out, tok, length, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
     _merge_part(DK, sk_b, sk_h, sk_l, sk_d, DQKV + q_width, s_out, tok, length, COS, SIN, n_tokens, kv_width,
                 HALF, KVW_P, True)  # fmt: skip
     _merge_part(DV, sv_b, sv_h, sv_l, sv_d, DQKV + q_width + kv_width, s_out, tok, length, COS, SIN, n_tokens,
                 kv_width, HALF, KVW_P, False)  # fmt: skip
+    if DGL is not None:
+        _split_part(DGL, s_dgl, DQKV + q_width + 2 * kv_width, s_out, tok, tok, COS, SIN, n_tokens, gl_width, HALF,
+                    GLW_P, False)  # fmt: skip
 
 
 def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tuple[int], dict[str, int]]:
@@ -113,48 +126,115 @@ def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tu
     return (triton.cdiv(n_tokens, _ROWS),), meta
 
 
+def _split(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward kernel: qkv [B, L, (H + 2G) d] (any strides) -> q, k, v as [B, heads, L, d]
+    views of [B, L, heads, d] buffers."""
+    b, length, width = qkv.shape
+    d = width // (n_heads + 2 * kv_heads)
+    rows = qkv.reshape(b * length, width)
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    q, k, v = (qkv.new_empty(b, length, n, d) for n in (n_heads, kv_heads, kv_heads))
+    cos, sin = _tables(length, d, qkv.device)
+    grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
+    _rotary_fwd[grid](rows, cos, sin, q, k, v, rows.stride(0), b * length, length, n_heads * d, kv_heads * d, **meta)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length: int, n_heads: int, kv_heads: int,
+           d: int, gl_width: int) -> Tensor:
+    """The backward kernel: [B * L, (H + 2G) d + gl_width] rows of dqkv and then dgl [B, L, gl_width].
+    A gradient autograd does not pass (None: that output was not used) is zeros."""
+    like = next(g for g in (*grads, dgl) if g is not None)
+    grads = [g if g is not None else like.new_zeros(b, n, length, d)
+             for g, n in zip(grads, (n_heads, kv_heads, kv_heads), strict=True)]
+    if gl_width:
+        dgl = like.new_zeros(b * length, gl_width) if dgl is None else dgl.reshape(b * length, gl_width)
+        if dgl.stride(1) != 1:
+            dgl = dgl.contiguous()
+    width = (n_heads + 2 * kv_heads) * d + gl_width
+    out = like.new_empty(b * length, width)
+    cos, sin = _tables(length, d, like.device)
+    grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
+    _rotary_bwd[grid](
+        *grads, cos, sin, out, dgl if gl_width else None, *(s for g in grads for s in g.stride()),
+        width, dgl.stride(0) if gl_width else 0, b * length, length, n_heads * d, kv_heads * d, gl_width,
+        GLW_P=triton.next_power_of_2(max(gl_width, 1)), **meta,
+    )  # fmt: skip
+    return out
+
+
 class _SplitHeadsRope(torch.autograd.Function):
     """qkv [B, L, (H + 2G) d] -> rotated q [B, H, L, d], rotated k and v [B, G, L, d]."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-        b, length, width = qkv.shape
-        heads = n_heads + 2 * kv_heads
-        d = width // heads
-        rows = qkv.reshape(b * length, width)
-        if rows.stride(1) != 1:
-            rows = rows.contiguous()
-        cos, sin = _tables(length, d, qkv.device)
-        q, k, v = (qkv.new_empty(b, length, n, d) for n in (n_heads, kv_heads, kv_heads))
-        grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
-        _rotary_fwd[grid](rows, cos, sin, q, k, v, rows.stride(0), b * length, length, n_heads * d, kv_heads * d, **meta)
         ctx.shape, ctx.heads = qkv.shape, (n_heads, kv_heads)
-        ctx.save_for_backward(cos, sin)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return _split(qkv, n_heads, kv_heads)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None) -> tuple[Tensor, None, None]:
-        cos, sin = ctx.saved_tensors
         b, length, width = ctx.shape
         n_heads, kv_heads = ctx.heads
         d = width // (n_heads + 2 * kv_heads)
-        like = next(g for g in (dq, dk, dv) if g is not None)
-        grads = [g if g is not None else like.new_zeros(b, n, length, d)  # an unused output gets no gradient
-                 for g, n in ((dq, n_heads), (dk, kv_heads), (dv, kv_heads))]
-        dqkv = like.new_empty(b, length, width)
-        grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
-        _rotary_bwd[grid](
-            *grads, cos, sin, dqkv, *(s for g in grads for s in g.stride()),
-            width, b * length, length, n_heads * d, kv_heads * d, **meta,
-        )  # fmt: skip
-        return dqkv, None, None
+        return _merge((dq, dk, dv), None, b, length, n_heads, kv_heads, d, 0).view(ctx.shape), None, None
+
+
+class _ProjectSplitRope(torch.autograd.Function):
+    """x [B, L, D] -> rotated q, k, v as _SplitHeadsRope gives them from x W_qkv^T, and the gate
+    logits x W_gate^T + b_gate [B, L, n]. The forward is the two Linears; the backward writes dqkv
+    and the logits' gradient side by side (dy) and takes x's gradient as one GEMM, dy [W_qkv; W_gate]:
+    no second GEMM and no sum of two [B, L, D] gradients. Under autocast the GEMMs run in its dtype,
+    as a Linear's would (custom_fwd / custom_bwd keep the forward's autocast state)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx: FunctionCtx, x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        ctx.save_for_backward(x, w_qkv, w_gate)
+        ctx.heads = (n_heads, kv_heads)
+        return *_split(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None, dgl: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
+        x, w_qkv, w_gate = ctx.saved_tensors
+        b, length, _ = x.shape
+        n_heads, kv_heads = ctx.heads
+        qkv_width, gl_width = w_qkv.shape[0], w_gate.shape[0]
+        dy = _merge((dq, dk, dv), dgl, b, length, n_heads, kv_heads, qkv_width // (n_heads + 2 * kv_heads), gl_width)
+        dx = (dy @ torch.cat([w_qkv, w_gate])).view(x.shape)
+        rows = x.reshape(b * length, -1)
+        d_qkv, d_gl = dy[:, :qkv_width], dy[:, qkv_width:]
+        return dx, d_qkv.t() @ rows, d_gl.t() @ rows, d_gl.sum(0), None, None
+
+
+def _check_split(width: int, n_heads: int, kv_heads: int) -> None:
+    heads = n_heads + 2 * kv_heads
+    if width % heads or (width // heads) % 2:
+        raise ValueError(f"a qkv width of {width} is not (H + 2G) d with H={n_heads}, G={kv_heads} and an even d")
 
 
 def split_heads_rope(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as reference.split_heads_rope; outputs are [B, heads, L, d] views of
     [B, L, heads, d] buffers. Needs an even head dim (RoPE rotates pairs)."""
-    heads = n_heads + 2 * kv_heads
-    if qkv.dim() != 3 or qkv.shape[-1] % heads or (qkv.shape[-1] // heads) % 2:
-        raise ValueError(f"qkv {tuple(qkv.shape)} is not [B, L, (H + 2G) d] with H={n_heads}, G={kv_heads} and an even d")
+    if qkv.dim() != 3:
+        raise ValueError(f"qkv {tuple(qkv.shape)} is not [B, L, (H + 2G) d]")
+    _check_split(qkv.shape[-1], n_heads, kv_heads)
     return _SplitHeadsRope.apply(qkv, n_heads, kv_heads)
+
+
+def project_split_rope(
+    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Same contract as reference.project_split_rope: (*split_heads_rope(x W_qkv^T), x W_gate^T + b_gate)."""
+    if x.dim() != 3 or w_qkv.shape[1] != x.shape[-1] or w_gate.shape[1] != x.shape[-1] or b_gate.shape != w_gate.shape[:1]:
+        raise ValueError(f"need x [B, L, D], weights [*, D] and a gate bias per gate row; got x {tuple(x.shape)}, "
+                         f"{tuple(w_qkv.shape)}, {tuple(w_gate.shape)}, {tuple(b_gate.shape)}")
+    _check_split(w_qkv.shape[0], n_heads, kv_heads)
+    return _ProjectSplitRope.apply(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)

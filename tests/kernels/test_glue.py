@@ -1,5 +1,6 @@
-"""The fused glue kernels against their references: head split + RoPE (rotary_triton.py) and
-the sigmoid gate with the output projection (gate_triton.py).
+"""The fused glue kernels against their references: head split + RoPE (rotary_triton.py), with
+the qkv and gate projections in front of it (project_split_rope), and the sigmoid gate with the
+output projection (gate_triton.py).
 
 Outputs and every input gradient follow the flash-attention tolerance rule (tolerance.py) against
 the same-dtype and fp64 references. Inputs come in the layouts the model hands over (the
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from blossom.attention import reference
 from blossom.attention.gate_triton import gated_merge
-from blossom.attention.rotary_triton import split_heads_rope
+from blossom.attention.rotary_triton import project_split_rope, split_heads_rope
 
 from .cases import BF16, F16, F32, needs_cuda
 from .tolerance import assert_close_to_reference
@@ -75,6 +76,26 @@ def check_rotary(b, length, h, g, d, dtype, device, seed, strided=False) -> None
     )
 
 
+def project_args(b: int, length: int, h: int, g: int, d: int, dtype: torch.dtype, device: str, seed: int,
+                 strided: bool = False) -> list[Tensor]:
+    """x [B, L, D] (D = H d + 8: no weight is square), W_qkv, W_gate [2H, D], b_gate; strided: x
+    is a column slice of a wider buffer."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    hidden = h * d + 8
+    full = torch.randn(b, length, hidden + (8 if strided else 0), generator=gen, device=device)
+    x = full[..., :hidden]
+    w_qkv, w_gate = (torch.randn(n, hidden, generator=gen, device=device) / hidden**0.5 for n in ((h + 2 * g) * d, 2 * h))
+    b_gate = torch.randn(2 * h, generator=gen, device=device)
+    return [t.to(dtype).detach().requires_grad_() for t in (x, w_qkv, w_gate, b_gate)]
+
+
+def check_project(b, length, h, g, d, dtype, device, seed, strided=False) -> None:
+    check_against_reference(
+        lambda *a: project_split_rope(*a, h, g), lambda *a: reference.project_split_rope(*a, h, g),
+        project_args(b, length, h, g, d, dtype, device, seed, strided), seed,
+    )
+
+
 def check_gate(b, length, h, d, dtype, device, seed) -> None:
     check_against_reference(gated_merge, reference.gated_merge, gate_args(b, length, h, d, dtype, device, seed), seed)
 
@@ -87,6 +108,19 @@ GATE_CPU = [(1, 1, 2, 16, F32), (2, 37, 8, 16, F32), (2, 19, 4, 16, BF16), (1, 3
 @pytest.mark.parametrize(("b", "length", "h", "g", "d", "dtype", "strided"), ROTARY_CPU)
 def test_rotary_matches_reference(b, length, h, g, d, dtype, strided) -> None:
     check_rotary(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
+
+
+@pytest.mark.parametrize(("b", "length", "h", "g", "d", "dtype", "strided"), ROTARY_CPU)
+def test_projection_matches_reference(b, length, h, g, d, dtype, strided) -> None:
+    check_project(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
+
+
+def test_projection_gradient_of_unused_logits_is_zero() -> None:
+    """Logits no loss reads: the gate's weight and bias get zero gradients, the qkv weight its own."""
+    args = project_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
+    q, _, _, logits = project_split_rope(*args, 2, 1)
+    grads = torch.autograd.grad(q.sum(), args[1:])
+    assert grads[0].abs().max() > 0 and grads[1].abs().max() == 0 and grads[2].abs().max() == 0
 
 
 @pytest.mark.parametrize(("b", "length", "h", "d", "dtype"), GATE_CPU)
@@ -107,6 +141,10 @@ def test_rejects_bad_shapes() -> None:
         split_heads_rope(torch.zeros(1, 4, 4 * 15), 2, 1)
     with pytest.raises(ValueError, match="is not"):
         split_heads_rope(torch.zeros(4, 4 * 16), 2, 1)
+    with pytest.raises(ValueError, match="gate bias"):
+        project_split_rope(torch.zeros(1, 4, 40), torch.zeros(64, 40), torch.zeros(4, 40), torch.zeros(3), 2, 1)
+    with pytest.raises(ValueError, match="even d"):
+        project_split_rope(torch.zeros(1, 4, 40), torch.zeros(60, 40), torch.zeros(4, 40), torch.zeros(4), 2, 1)
     with pytest.raises(ValueError, match="gate logits"):
         gated_merge(torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16), torch.zeros(1, 4, 2), torch.zeros(32, 32))
     with pytest.raises(ValueError, match="projection weight"):
@@ -136,4 +174,5 @@ def _gpu_shape(index: int) -> tuple:
 def test_gpu_random_shapes(index: int) -> None:
     b, length, h, g, d, dtype = _gpu_shape(index)
     check_rotary(b, length, h, g, d, dtype, "cuda", seed=index, strided=index % 2 == 1)
+    check_project(b, length, h, g, d, dtype, "cuda", seed=index, strided=index % 2 == 0)
     check_gate(b, length, h, d, dtype, "cuda", seed=index)

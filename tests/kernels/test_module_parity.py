@@ -8,6 +8,8 @@ alone reads (compressor, intra-window positions) get no gradient from either bac
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -47,13 +49,19 @@ def _run(layer: BlossomAttention, x: Tensor, dout: Tensor, seq_len: Tensor) -> d
     return {"out": out.detach(), "grad x": x.grad, **grads}
 
 
-def check_parity(batch: int, length: int, hidden: int, heads: int, kv_heads: int, lengths: list[int], dtype: torch.dtype, device: str) -> None:
+def check_parity(batch: int, length: int, hidden: int, heads: int, kv_heads: int, lengths: list[int], dtype: torch.dtype,
+                 device: str, autocast: torch.dtype | None = None) -> None:
+    """autocast: run the triton and same-dtype layers inside torch.autocast of that dtype (the fp64
+    reference outside it)."""
     layers = _layers(hidden, heads, kv_heads, dtype, device)
     gen = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(batch, length, hidden, generator=gen, device=device)
     dout = torch.randn(batch, length, hidden, generator=gen, device=device)
     seq_len = torch.tensor(lengths, device=device)
-    results = {name: _run(layer, x, dout, seq_len) for name, layer in layers.items()}
+    results = {}
+    for name, layer in layers.items():
+        with torch.autocast(device, dtype=autocast) if autocast and name != "ref64" else nullcontext():
+            results[name] = _run(layer, x, dout, seq_len)
     kernel, same, ref64 = results["triton"], results["same"], results["ref64"]
     assert kernel["grad k_compress.0.weight"] is None and kernel["grad k_intrablock_positions"] is None
     for name, value in kernel.items():
@@ -77,3 +85,11 @@ def test_module_parity_gpu() -> None:
     lengths = torch.randint(1, 1001, (8,), generator=gen).tolist()
     lengths[0] = 1000
     check_parity(8, 1000, hidden=128, heads=8, kv_heads=2, lengths=lengths, dtype=torch.bfloat16, device="cuda")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_module_parity_gpu_autocast() -> None:
+    """fp32 weights under fp16 autocast, how RecBole's mixed precision (the -AMP models) trains."""
+    check_parity(4, 300, hidden=128, heads=8, kv_heads=2, lengths=[300, 17, 256, 1], dtype=torch.float32,
+                 device="cuda", autocast=torch.float16)
