@@ -59,17 +59,20 @@ def _program(SEQ_LEN, length, kv_heads, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(
-    Q, K, V, SEQ_LEN,
+def _stis_fwd(
+    Q, K, V, O, LSE, LT, GL, MIX, SEQ_LEN,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
-    length, num_offsets, kv_heads, qk_scale,
+    so_b, so_h, so_l, so_d,
+    s_gt, s_gc, length, num_offsets, kv_heads, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """The forward's work for this program's query tile x (batch, kv head): (b, g, heads, rows,
-    cols, row_mask, out_mask, out [GROUP_P, BLOCK, BLOCK_D] fp32, logsumexp in log2 units)."""
+    """One query tile x (batch, kv head). O and LSE (None for inference when MIX is given): the
+    output of the group's query heads and their logsumexp (natural log). MIX (if not None): that
+    output, rounded to MIX's dtype as O stores it, mixed with the LTIS output LT by the sigmoid
+    gates of GL ([B * L, 2H] logits), as the gate kernel would. O, LT and MIX share strides so_*."""
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     rows = t0 + tl.arange(0, BLOCK)
@@ -105,59 +108,18 @@ def _fwd_tile(
     denom = tl.where(row_mask, denom, 1.0)
     out = tl.where(qmask, acc / denom[:, :, None], 0.0)
     out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
-    return b, g, heads, rows, cols, row_mask, out_mask, out, m + tl.log2(denom)
-
-
-@triton.jit
-def _stis_fwd(
-    Q, K, V, O, LSE, SEQ_LEN,
-    sq_b, sq_h, sq_l, sq_d,
-    sk_b, sk_h, sk_l, sk_d,
-    sv_b, sv_h, sv_l, sv_d,
-    so_b, so_h, so_l, so_d,
-    length, num_offsets, kv_heads, qk_scale,
-    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """One query tile x (batch, kv head): O of the group's query heads and their LSE (natural log)."""
-    b, g, heads, rows, cols, row_mask, out_mask, out, lse2 = _fwd_tile(
-        Q, K, V, SEQ_LEN, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-        length, num_offsets, kv_heads, qk_scale, GROUP, GROUP_P, BLOCK, HEAD_DIM, BLOCK_D)
-    o_ptrs = _head_ptrs(O + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=out_mask)
-    lse_ptrs = LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :]
-    tl.store(lse_ptrs, lse2 / LOG2E, mask=row_mask)
-
-
-@triton.jit
-def _stis_fwd_gated(
-    Q, K, V, LT, GL, MIX, O, LSE, SEQ_LEN,
-    sq_b, sq_h, sq_l, sq_d,
-    sk_b, sk_h, sk_l, sk_d,
-    sv_b, sv_h, sv_l, sv_d,
-    so_b, so_h, so_l, so_d,
-    s_gt, s_gc, length, num_offsets, kv_heads, qk_scale,
-    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """The forward's tile mixed with the LTIS output LT by the sigmoid gates of GL ([B * L, 2H]
-    logits) straight into MIX (LT's strides), as the gate kernel would: the STIS output is rounded
-    to MIX's dtype first, as the unfused path stores it. O and LSE: None for inference; for
-    training, where the backward needs them, the branch's output (MIX's strides) and logsumexp."""
-    b, g, heads, rows, cols, row_mask, out_mask, out, lse2 = _fwd_tile(
-        Q, K, V, SEQ_LEN, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-        length, num_offsets, kv_heads, qk_scale, GROUP, GROUP_P, BLOCK, HEAD_DIM, BLOCK_D)
-    stis = out.to(MIX.dtype.element_ty).to(tl.float32)
-    offs = _head_ptrs(b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)  # LT's, MIX's and O's
+    offs = _head_ptrs(b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
     if O is not None:
-        tl.store(O + offs, stis.to(O.dtype.element_ty), mask=out_mask)
-        tl.store(LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :], lse2 / LOG2E,
-                 mask=row_mask)
-    ltis = tl.load(LT + offs, mask=out_mask, other=0.0).to(tl.float32)
-    pair_ok = (rows < length)[:, None] & (heads < GROUP)[None, :]
-    g_l, g_s = gate_values(GL, s_gt, s_gc, b * length + rows, g * GROUP + heads, pair_ok)  # [BLOCK, heads]
-    mix = mix_tile(ltis, stis, tl.trans(g_l), tl.trans(g_s))
-    tl.store(MIX + offs, mix.to(MIX.dtype.element_ty), mask=out_mask)
+        tl.store(O + offs, out.to(O.dtype.element_ty), mask=out_mask)
+        tl.store(LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :],
+                 (m + tl.log2(denom)) / LOG2E, mask=row_mask)
+    if MIX is not None:  # the output as O stores it, mixed
+        stis = out.to(MIX.dtype.element_ty).to(tl.float32)
+        ltis = tl.load(LT + offs, mask=out_mask, other=0.0).to(tl.float32)
+        pair_ok = (rows < length)[:, None] & (heads < GROUP)[None, :]
+        g_l, g_s = gate_values(GL, s_gt, s_gc, b * length + rows, g * GROUP + heads, pair_ok)  # [BLOCK, heads]
+        mix = mix_tile(ltis, stis, tl.trans(g_l), tl.trans(g_s))
+        tl.store(MIX + offs, mix.to(MIX.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -301,16 +263,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None) -> None:
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
     """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]).
     seq_len as device_lengths gives it."""
-    b, h, length, _ = q.shape
-    kv_heads = k.shape[1]
-    out = empty_blhd(q, h)
-    lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
-    block_fwd, _, meta = _meta(q, kv_heads)
-    _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
-        q, k, v, out, lse, seq_len,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
-    )  # fmt: skip
+    out, lse = _branch_buffers(q)
+    _launch_forward(q, k, v, scale, seq_len, out, lse, None, None, None)
     return out, lse
 
 
@@ -322,20 +276,34 @@ def launch_forward_gated(
     (mix [B, H, L, d] laid out [B, L, H, d], output, logsumexp). keep_branch (training): also the
     branch's output and logsumexp as launch_forward gives them, else None. gate_logits [B * L, 2H];
     seq_len as device_lengths gives it."""
-    b, h, length, _ = q.shape
-    kv_heads = k.shape[1]
-    mix = empty_blhd(q, h)
+    mix = empty_blhd(q, q.shape[1])
     if ltis.stride() != mix.stride():
         raise ValueError("ltis must be laid out [B, L, H, d], as the LTIS kernel writes it")
-    out, lse = (empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)) if keep_branch \
-        else (None, None)
+    out, lse = _branch_buffers(q) if keep_branch else (None, None)
+    _launch_forward(q, k, v, scale, seq_len, out, lse, ltis, gate_logits, mix)
+    return mix, out, lse
+
+
+def _branch_buffers(q: Tensor) -> tuple[Tensor, Tensor]:
+    """The output (laid out [B, L, H, d]) and fp32 logsumexp [B, H, L] (rows < seq_len written)."""
+    b, h, length, _ = q.shape
+    return empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
+
+
+def _launch_forward(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None, out: Tensor | None, lse: Tensor | None,
+    ltis: Tensor | None, gate_logits: Tensor | None, mix: Tensor | None,
+) -> None:
+    """_stis_fwd over every query tile; out, ltis and mix (those given) are laid out alike."""
+    b, _, length, _ = q.shape
+    kv_heads = k.shape[1]
     block_fwd, _, meta = _meta(q, kv_heads)
-    _stis_fwd_gated[(triton.cdiv(length, block_fwd), b * kv_heads)](
-        q, k, v, ltis, gate_logits, mix, out, lse, seq_len,
-        *q.stride(), *k.stride(), *v.stride(), *mix.stride(), *gate_logits.stride(),
+    gate_strides = gate_logits.stride() if gate_logits is not None else (0, 0)
+    _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
+        q, k, v, out, lse, ltis, gate_logits, mix, seq_len,
+        *q.stride(), *k.stride(), *v.stride(), *(out if out is not None else mix).stride(), *gate_strides,
         length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
     )  # fmt: skip
-    return mix, out, lse
 
 
 def launch_backward(
