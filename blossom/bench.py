@@ -5,8 +5,12 @@ rows compare what a model would pay, not bare attention cores:
 
 - blossom_triton / blossom_reference: BlossomAttention with the Triton kernels / pure torch.
 - naive: causal multi-head attention (H full heads) with a materialised [B, H, L, L] score matrix.
-- sdpa: the same layer through F.scaled_dot_product_attention(is_causal=True) (flash on GPU in
-  bf16/fp16, the memory-efficient kernel in fp32): the baseline the ratio columns divide by.
+- sdpa: the same layer through F.scaled_dot_product_attention(is_causal=True), the backend torch
+  picks (on an H100 with torch 2.11 in bf16: cuDNN's flash kernels; the memory-efficient kernel in
+  fp32): the baseline the ratio columns divide by, the fastest causal attention a user gets.
+- sdpa_flash: the same, restricted to SDPBackend.FLASH_ATTENTION (FlashAttention-2 as built into
+  torch), the kernel "faster than FlashAttention" names; "unavailable" where it cannot run (fp32 on
+  a GPU).
 - flex: the STIS pattern (offsets 0..7 and powers of two, causal, GQA like BlossomAttention) as a
   FlexAttention BlockMask, compiled; CUDA only. The baselines apply no RoPE.
 
@@ -54,6 +58,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from blossom.attention.module import BlossomAttention
 from blossom.attention.reference import LOCAL_WINDOW, merge_heads
@@ -61,7 +66,7 @@ from blossom.errors import BlossomError
 from blossom.io import atomic_write_text
 from blossom.measure import MIB, Measure, resolve_device
 
-IMPLS = ("blossom_triton", "blossom_reference", "naive", "sdpa", "flex")
+IMPLS = ("blossom_triton", "blossom_reference", "naive", "sdpa", "sdpa_flash", "flex")
 PHASES = ("train", "infer")
 MODES = ("eager", "cuda_graph")
 BACKWARDS = ("output_grad", "loss")
@@ -152,8 +157,20 @@ def naive_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def sdpa_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Fused causal attention (flash / memory-efficient kernels)."""
+    """Fused causal attention, whichever fused backend torch picks for these inputs."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def flash_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """sdpa_core on torch's FlashAttention backend only (its backward stays on it: autograd
+    recorded the flash op). Torch's "no viable backend" error becomes Unavailable."""
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return sdpa_core(q, k, v)
+    except RuntimeError as err:
+        if is_oom(err):
+            raise
+        raise Unavailable(f"no FlashAttention backend for these inputs ({one_line(err, 120)})") from err
 
 
 def stis_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -209,6 +226,7 @@ BUILDERS: dict[str, Builder] = {
     "blossom_reference": _build_blossom("torch"),
     "naive": _build_mha(naive_core),
     "sdpa": _build_mha(sdpa_core),
+    "sdpa_flash": _build_mha(flash_core),
     "flex": _build_flex,
 }
 

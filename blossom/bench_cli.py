@@ -1,5 +1,6 @@
-"""`blossom bench attention|profile|plot`: the attention microbenchmark (blossom/bench.py), its
-per-kernel profile (blossom/bench_profile.py) and its plots.
+"""`blossom bench attention|profile|plot|targets`: the attention microbenchmark (blossom/bench.py),
+its per-kernel profile (blossom/bench_profile.py), its plots, and issue 4's efficiency targets read
+off its CSV (blossom/report/targets.py).
 
 Options left out take their value from the FULL preset (the paper-scale GPU run) or, with --quick,
 the QUICK preset (a few seconds on a CPU); names and values are validated in blossom.bench.
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `bench attention`, `bench profile` and `bench plot` (argparse only: torch is imported by
-    the handlers)."""
+    """Add `bench attention`, `bench profile`, `bench plot` and `bench targets` (argparse only: torch
+    and pandas are imported by the handlers)."""
     bench = subparsers.add_parser("bench", help="attention microbenchmark across sequence lengths")
     commands = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -44,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--out", type=Path, required=True, help="folder for the PNG and SVG files")
     plot.set_defaults(func=run_plot)
 
+    targets = commands.add_parser("targets", help="BlossomRec's time and memory ratios against the targets, from a CSV")
+    targets.add_argument("--csv", type=Path, required=True, help="a CSV written by `blossom bench attention`")
+    targets.add_argument("--out", type=Path, help="also write the tables: OUT.md, OUT.tex, OUT.csv, OUT_ratios.csv")
+    targets.add_argument("--impl", default="blossom_triton", help="the implementation judged (default blossom_triton)")
+    targets.add_argument("--baselines", nargs="+", default=["sdpa", "sdpa_flash"],
+                         help="the baselines it is divided by, those in the CSV (default sdpa sdpa_flash)")
+    targets.set_defaults(func=run_targets)
+
 
 def _add_cell_options(parser: argparse.ArgumentParser) -> None:
     """What defines the benchmark's cells: shapes, dtype, impls, phases, warm-up, device."""
@@ -54,7 +63,7 @@ def _add_cell_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, help="query heads (default 8)")
     parser.add_argument("--kv-heads", dest="kv_heads", type=int, help="BlossomRec/flex kv heads (default 2)")
     parser.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
-    parser.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa flex (default all)")
+    parser.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa sdpa_flash flex (default all)")
     parser.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
     parser.add_argument("--backward", help="what train backpropagates: output_grad (a fixed random output "
                         "gradient, default) | loss (out.float().square().mean(), the tables before session 6)")
@@ -108,6 +117,19 @@ def run_plot(args: argparse.Namespace) -> int:
     if not args.csv.is_file():
         raise BlossomError(f"no such CSV: {args.csv}")
     _print_written(bench.plot_bench(args.csv, args.out))
+    return 0
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    """Print (and with --out write) the targets and ratio tables; the exit code is 0 whether or not
+    the targets are met: it is a report, the verdict column says."""
+    from blossom.report import render, targets
+
+    tables = targets.targets_report(args.csv, args.impl, tuple(args.baselines))
+    for table in tables:
+        print(f"## {table.title}\n\n{table.caption}\n\n{render.render(table, 'md')}\n")
+    if args.out:
+        _print_written(render.write_tables(args.out, tables, title=f"Attention efficiency targets: {args.impl}"))
     return 0
 
 

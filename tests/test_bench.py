@@ -39,7 +39,8 @@ def test_csv_columns_rows_and_statuses(tmp_path: Path) -> None:
     with open(tmp_path / "attention_cpu.csv") as handle:
         assert tuple(handle.readline().strip().split(",")) == bench.COLUMNS
     assert len(rows) == 2 * len(bench.PHASES) * len(bench.IMPLS)
-    assert [int(r["seq_len"]) for r in rows[:10]] == [16] * 10  # ascending L, all impls first
+    first = len(bench.PHASES) * len(bench.IMPLS)
+    assert [int(r["seq_len"]) for r in rows[:first]] == [16] * first  # ascending L, all impls first
     status = {(r["impl"], r["seq_len"], r["phase"]): r["status"] for r in rows}
     assert all(status[("blossom_triton", L, p)] == "unavailable: no CUDA" for L in ("16", "24") for p in bench.PHASES)
     assert all(s.startswith("unavailable: ") for (impl, *_), s in status.items() if impl == "flex")
@@ -47,7 +48,7 @@ def test_csv_columns_rows_and_statuses(tmp_path: Path) -> None:
         assert row["device"] == "cpu" and row["dtype"] == "fp32" and row["batch_size"] == "2"
         assert row["torch"] == torch.__version__
         assert row["backward"] == ("output_grad" if row["phase"] == "train" else "")
-        if row["impl"] in ("blossom_reference", "naive", "sdpa"):
+        if row["impl"] in ("blossom_reference", "naive", "sdpa", "sdpa_flash"):
             assert row["status"] == "ok"
             assert float(row["time_ms"]) > 0
             assert row["peak_mem_mib"] == row["nvml_peak_mib"] == "n/a (no NVIDIA GPU)"
@@ -62,6 +63,16 @@ def test_ratios_are_against_sdpa_of_same_length_and_phase(tmp_path: Path) -> Non
         expected = float(row["time_ms"]) / sdpa[(row["seq_len"], row["phase"])]
         assert float(row["ratio_time_vs_sdpa"]) == pytest.approx(expected, abs=1e-3)
         assert row["ratio_mem_vs_sdpa"] == ""  # no GPU memory numbers on CPU
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's own note on why flash declined
+def test_sdpa_flash_is_sdpa_on_the_flash_backend() -> None:
+    """Same values as the default dispatch (CPU: both exact fp32 causal softmaxes), and torch's
+    "no available kernel" (flash needs one head dim for q, k and v) is an unavailable cell."""
+    q, k, v = torch.randn(3, 2, 4, 24, 8).unbind(0)
+    torch.testing.assert_close(bench.flash_core(q, k, v), bench.sdpa_core(q, k, v), rtol=1e-5, atol=1e-6)
+    with pytest.raises(bench.Unavailable, match="no FlashAttention backend"):
+        bench.flash_core(q, k, torch.randn(2, 4, 24, 16))
 
 
 def test_cuda_graph_mode_has_its_own_rows_and_ratios(tmp_path: Path) -> None:

@@ -68,8 +68,10 @@ def test_workflow_produces_records_tables_plots_index(workflow_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (workdir / f"results/plots/{plot}_vs_length.svg").read_text().lstrip().startswith("<?xml")
     index = (workdir / "results/index.md").read_text()
-    for link in ("tables/accuracy.md", "tables/efficiency.md", "plots/memory_vs_length.png", "bench/attention_cpu.csv"):
+    for link in ("tables/accuracy.md", "tables/efficiency.md", "plots/memory_vs_length.png", "bench/attention_cpu.csv",
+                 "bench/attention_cpu_targets.md"):
         assert f"({link})" in index
+    assert "No blossom_triton, sdpa_flash rows in it." in (workdir / "results/bench/attention_cpu_targets.md").read_text()
     bench = (workdir / "results/bench/attention_cpu.csv").read_text().splitlines()
     assert bench[0].startswith("impl,seq_len,batch_size,phase,dtype,time_ms,peak_mem_mib,nvml_peak_mib,status,device")
     assert len(bench) == 1 + 2 * 2  # 2 impls x 2 phases
@@ -87,7 +89,7 @@ def test_rerun_does_nothing_and_an_interrupted_run_resumes_alone(workflow_run):
     jobs = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert jobs.count("train") == 1 and {"table", "index"} <= set(jobs)
-    assert not {"prepare_dataset", "bench_attention"} & set(jobs), jobs
+    assert not {"prepare_dataset", "bench_attention", "bench_targets"} & set(jobs), jobs
     assert read_record(workdir / "results/runs/ml-100k/SASRec-SDPA/L20/seed2020.json")["status"] == "ok"
 
 

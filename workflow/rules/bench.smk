@@ -10,7 +10,7 @@ rule bench_attention:
         f"results/logs/bench/attention_{BENCH.get('tag', 'local')}.log",
     params:
         seq_lens=" ".join(map(str, BENCH.get("seq_lens", [200, 512, 1024, 2048, 4096, 8192]))),
-        impls=" ".join(BENCH.get("impls", ["blossom_triton", "blossom_reference", "naive", "sdpa", "flex"])),
+        impls=" ".join(BENCH.get("impls", ["blossom_triton", "blossom_reference", "naive", "sdpa", "sdpa_flash", "flex"])),
         batch_size=BENCH.get("batch_size", 64),
         dtype=BENCH.get("dtype", "bf16"),
         repeats=BENCH.get("repeats", 20),
@@ -25,3 +25,19 @@ rule bench_attention:
         " --batch-size {params.batch_size} --dtype {params.dtype} --repeats {params.repeats}"
         " --modes {params.modes} --backward {params.backward}"
         " --out {output.csv} 2>&1 | tee {log}"
+
+
+rule bench_targets:
+    input:
+        rules.bench_attention.output.csv,
+    output:
+        md=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets.md",
+        tex=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets.tex",
+        csv=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets.csv",
+        ratios=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets_ratios.csv",
+    log:
+        f"results/logs/bench/attention_{BENCH.get('tag', 'local')}_targets.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m blossom.cli bench targets --csv {input} --out {output.md} > {log} 2>&1"

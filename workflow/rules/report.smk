@@ -59,7 +59,8 @@ rule comparison:
 
 rule index:
     input:
-        tables=expand("results/tables/{table}.md", table=TABLES + ["comparison", "datasets"]),
+        tables=expand("results/tables/{table}.md", table=TABLES + ["comparison", "datasets"])
+        + [rules.bench_targets.output.md],
         plots=expand("results/plots/{plot}_vs_length.png", plot=PLOTS),
         bench=rules.bench_attention.output.csv,
         runs=lambda wildcards: plan.records(config, "main"),
