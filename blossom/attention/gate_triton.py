@@ -9,6 +9,8 @@ passes over [B, L, H, d]. Here the forward reads each branch once and writes the
 backward reads the mix's gradient and both branches once and writes both branch gradients, the
 gate-logit gradient (sigmoid derivative included) and, over the mix's gradient it has just read,
 the mix itself, which the projection's weight gradient needs. The projection is cuBLAS's.
+`attend` (branches_triton) does without the backward kernel: its branches' backward kernels apply
+the gates themselves, with branch_gate and store_gate_grad below.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ def mix_tile(lt, st, g_l, g_s):
     """The gated sum of one tile, g_l * ltis + g_s * stis: gates [a, b] broadcast over the last
     axis of ltis, stis [a, b, d]."""
     return g_l[:, :, None] * lt + g_s[:, :, None] * st
+
+
+@triton.jit
+def branch_gate(GL, s_gt, s_gc, tok, channel, ok):
+    """sigmoid of the logits of tokens tok and channels channel (2h: LTIS, 2h + 1: STIS), fp32,
+    tok and channel broadcast against each other (GL: [B * L, 2H] logits)."""
+    return tl.sigmoid(tl.load(GL + tok.to(tl.int64) * s_gt + channel * s_gc, mask=ok, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def store_gate_grad(DGL, s_gt, s_gc, tok, channel, ok, dmix_dot_out, g):
+    """The logits' gradient of one branch, sum_d(dmix * out) * g (1 - g), given the sum (which a
+    branch's backward computes anyway: its delta before the gate)."""
+    tl.store(DGL + tok.to(tl.int64) * s_gt + channel * s_gc, (dmix_dot_out * g * (1 - g)).to(DGL.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -160,8 +176,13 @@ def merge_backward(ltis: Tensor, stis: Tensor, gl: Tensor, weight: Tensor, dout:
         *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
         b * length, length, heads, d, **meta,
     )  # fmt: skip
-    dweight = (dout.flatten(0, 1).t() @ dmix_merged.flatten(0, 1)).to(weight.dtype)
-    return dltis, dstis, dgl, dweight
+    return dltis, dstis, dgl, weight_grad(dout, dmix_merged, weight)
+
+
+def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:
+    """The output projection's weight gradient from its output's gradient and its input, the
+    merged mix [B, L, H d], in the weight's dtype."""
+    return (dout.flatten(0, 1).t() @ mix_merged.flatten(0, 1)).to(weight.dtype)
 
 
 def check_gate_args(shape: tuple[int, ...], gate_logits: Tensor, weight: Tensor) -> None:

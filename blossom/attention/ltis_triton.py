@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
+from blossom.attention.gate_triton import branch_gate, store_gate_grad
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -353,19 +354,24 @@ def _ltis_fwd(
 
 @triton.jit
 def _ltis_bwd_dq(
-    Q, K, V, IDX, SEQ_LEN, O, DO, DQ, LSE, DELTA,
+    Q, K, V, IDX, SEQ_LEN, O, DO, DQ, LSE, DELTA, GL, DGL, GATE,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_g, sk_l, sk_d,
     sv_b, sv_g, sv_l, sv_d,
     si_b, si_g, si_l, si_t,
     so_b, so_h, so_l, so_d,
     sdo_b, sdo_h, sdo_l, sdo_d,
-    length, n_slots, kv_heads, qk_scale, scale,
+    s_gt, s_gc, length, n_slots, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     """dq of BLOCK_Q queries x (batch, kv head), walking the slots like the forward. Also writes
-    delta = rowsum(dO * O) for the dk/dv kernel (saves a pass over dO and O). DQ has O's strides."""
+    delta = rowsum(dO * O) for the dk/dv kernel (saves a pass over dO and O). DQ has O's strides.
+    GL (if not None): DO is the gated mix's gradient, and this branch's dO is its gate g (channel
+    2h of the [B * L, 2H] logits GL) times it, formed here in registers, rounded to the input dtype
+    for the tensor-core products (the values a gate kernel would have stored). The logits' gradient
+    of that channel goes to DGL, g (fp32, laid out like LSE) to GATE for the dk/dv kernel, which
+    scales its probabilities and dp by it per row (a per-element dO there cost ~0.1 ms at L = 4096)."""
     tile = tl.program_id(0)
     b = tl.program_id(1) // kv_heads
     g = tl.program_id(1) % kv_heads
@@ -382,7 +388,18 @@ def _ltis_bwd_dq(
     lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
     lse = tl.load(LSE + lse_offs, mask=row_ok, other=0.0)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), axis=1)
-    tl.store(DELTA + lse_offs, delta, mask=row_ok)
+    if GL is not None:
+        tok = b * length + queries
+        gate = branch_gate(GL, s_gt, s_gc, tok, 2 * heads, row_ok)
+        store_gate_grad(DGL, s_gt, s_gc, tok, 2 * heads, head_ok & (queries < length), delta, gate)
+        tl.store(GATE + lse_offs, gate, mask=row_ok)
+        # each kernel's delta matches its own dO: dk/dv's unrounded g * dO, this kernel's rounded
+        # one (a mismatch leaves rounding noise where ds should cancel to 0, e.g. a lone key)
+        tl.store(DELTA + lse_offs, delta * gate, mask=row_ok)
+        do = (gate[:, None] * do.to(tl.float32)).to(do.dtype)
+        delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), axis=1)
+    else:
+        tl.store(DELTA + lse_offs, delta, mask=row_ok)
     do = do.to(q.dtype)
     k_base = K + b64 * sk_b + g * sk_g
     v_base = V + b64 * sv_b + g * sv_g
@@ -408,11 +425,12 @@ def _ltis_bwd_dq(
 @triton.jit
 def _dkdv_rows(
     dk, dv, k, v, keys, queries, heads, row_ok,
-    q_base, do_base, LSE, DELTA, lse_base,
+    q_base, do_base, LSE, DELTA, GATE, lse_base,
     sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, length, qk_scale, cols, col_ok,
     CAUSAL: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
-    """Add one chunk of query rows' contribution to dk (unscaled) and dv of one key block."""
+    """Add one chunk of query rows' contribution to dk (unscaled) and dv of one key block (GATE:
+    the rows' gates, if DO is the mix's gradient; they scale the probabilities for dv and dp)."""
     mask = row_ok[:, None] & col_ok
     q = tl.load(_row_ptrs(q_base, heads, queries, cols, sq_h, sq_l, sq_d), mask=mask, other=0.0)
     do = tl.load(_row_ptrs(do_base, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=mask, other=0.0)
@@ -423,15 +441,21 @@ def _dkdv_rows(
     if CAUSAL:
         ok = ok & (keys[None, :] <= queries[:, None])
     p = tl.where(ok, tl.exp2(dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
-    dv += dot(tl.trans(p.to(do.dtype)), do, DOT)
-    ds = p * (dot(do, tl.trans(v), DOT) - delta[:, None])
+    dp = dot(do, tl.trans(v), DOT)
+    if GATE is not None:
+        gate = tl.load(GATE + lse_offs, mask=row_ok, other=0.0)[:, None]
+        dv += dot(tl.trans((p * gate).to(do.dtype)), do, DOT)
+        dp = dp * gate
+    else:
+        dv += dot(tl.trans(p.to(do.dtype)), do, DOT)
+    ds = p * (dp - delta[:, None])
     dk += dot(tl.trans(ds.to(q.dtype)), q, DOT)
     return dk, dv
 
 
 @triton.jit
 def _ltis_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, DELTA, SEQ_LEN, OFFSETS, ORDER,
+    Q, K, V, DO, DK, DV, LSE, DELTA, GATE, SEQ_LEN, OFFSETS, ORDER,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_g, sk_l, sk_d,
     sv_b, sv_g, sv_l, sv_d,
@@ -445,7 +469,8 @@ def _ltis_bwd_dkdv(
     that selected it (the inverted index), 16 queries x all the group's heads per step.
     Each step is three small tensor-core dots against the block's K and V. DK and DV share strides.
     One warp per program where a step's tiles are small: 0.27 ms on an H100 at L = 4096 (B=64,
-    bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; 4 warps for larger tiles."""
+    bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; 4 warps for larger tiles.
+    GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _ltis_bwd_dq wrote."""
     j = tl.program_id(0)
     bg = tl.program_id(1)
     b = bg // kv_heads
@@ -467,7 +492,7 @@ def _ltis_bwd_dkdv(
     dv = tl.zeros([_BLOCK, BLOCK_D], tl.float32)
     dk, dv = _dkdv_rows(
         dk, dv, k, v, keys, queries, heads, head_ok & (queries < n_valid),
-        q_base, do_base, LSE, DELTA, lse_base,
+        q_base, do_base, LSE, DELTA, GATE, lse_base,
         sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, length, qk_scale, cols, col_ok,
         CAUSAL=True, DOT=DOT,
     )  # fmt: skip
@@ -484,7 +509,7 @@ def _ltis_bwd_dkdv(
         sel = tl.where(sel_ok, pair // N_SLOTS - bg * length, 0)
         dk, dv = _dkdv_rows(
             dk, dv, k, v, keys, sel, heads, head_ok & sel_ok,
-            q_base, do_base, LSE, DELTA, lse_base,
+            q_base, do_base, LSE, DELTA, GATE, lse_base,
             sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, length, qk_scale, cols, col_ok,
             CAUSAL=False, DOT=DOT,
         )  # fmt: skip
@@ -597,20 +622,25 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: fl
 
 def launch_backward(
     q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor,
-    dout: Tensor, scale: float,
+    dout: Tensor, scale: float, gate: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv (laid out like the forward's output and [B, L, G, d]) from the forward's
-    output and logsumexp."""
+    output and logsumexp. gate = (logits, their gradient), both [B * L, 2H] with one layout: dout
+    is then the gated mix's gradient, the kernels apply this branch's gate (channels 2h) to its
+    products and write those channels of the logits' gradient (no gate kernel, no dO buffer)."""
     b, h, length, _ = q.shape
     kv_heads, n_slots = k.shape[1], block_idx.shape[3]
     qk_scale = scale * LOG2E.value
     meta = _meta(q, kv_heads)
     dq = empty_blhd(q, h)  # same shape and layout as out: shares its strides
     delta = torch.empty_like(lse)
+    gl, dgl = gate or (None, None)
+    gate_strides = gl.stride() if gl is not None else (0, 0)
+    gates = torch.empty_like(lse) if gate else None  # fp32 [B, H, L]: dk/dv reads it like delta
     _ltis_bwd_dq[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
-        q, k, v, block_idx, seq_len, out, dout, dq, lse, delta,
+        q, k, v, block_idx, seq_len, out, dout, dq, lse, delta, gl, dgl, gates,
         *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),
-        length, n_slots, kv_heads, qk_scale, scale, **meta,
+        *gate_strides, length, n_slots, kv_heads, qk_scale, scale, **meta,
     )  # fmt: skip
 
     if n_slots and length >= reference.BLOCK:
@@ -622,7 +652,7 @@ def launch_backward(
     meta = {name: meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
     step_bytes = reference.BLOCK * meta["GROUP_P"] * meta["BLOCK_D"] * q.element_size()  # q or dO rows of a step
     _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
-        q, k, v, dout, dk, dv, lse, delta, seq_len, offsets, order,
+        q, k, v, dout, dk, dv, lse, delta, gates, seq_len, offsets, order,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
         length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, scale,
         **meta, N_SLOTS=max(n_slots, 1), num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import gate_values, mix_tile
+from blossom.attention.gate_triton import branch_gate, gate_values, mix_tile, store_gate_grad
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
@@ -124,13 +124,13 @@ def _stis_fwd(
 
 @triton.jit
 def _stis_bwd_dq(
-    Q, K, V, O, DO, DQ, LSE, DELTA, SEQ_LEN,
+    Q, K, V, O, DO, DQ, LSE, DELTA, SEQ_LEN, GL, DGL, GATE,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
     so_b, so_h, so_l, so_d,
     sdo_b, sdo_h, sdo_l, sdo_d,
-    length, num_offsets, kv_heads, scale, qk_scale,
+    s_gt, s_gc, length, num_offsets, kv_heads, scale, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
@@ -142,6 +142,10 @@ def _stis_bwd_dq(
     with a zero head stride, already in the layout of q: the lanes of a row's heads load the
     same addresses, and no offset pays a layout change through shared memory (the backward took
     0.92-0.94x as long on an H100; the forward's 32-row tiles got 2-4% slower that way).
+    GL (if not None): DO is the gated mix's gradient, and this branch's dO is its gate g (channel
+    2h + 1 of the [B * L, 2H] logits GL) times it, formed here in fp32 registers only. The logits'
+    gradient of that channel goes to DGL, g (fp32, laid out like LSE) to GATE for the dk/dv kernel,
+    which scales its probabilities and dp by it (no sigmoid per row and offset there).
     """
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
@@ -160,6 +164,13 @@ def _stis_bwd_dq(
     lse_offs = (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :]
     lse = tl.load(LSE + lse_offs, mask=row_mask, other=0.0) * LOG2E
     delta = tl.sum(do * out, axis=2)
+    if GL is not None:
+        tok, channel = (b * length + rows)[None, :], (2 * (g * GROUP + heads) + 1)[:, None]
+        gate = branch_gate(GL, s_gt, s_gc, tok, channel, row_mask)
+        store_gate_grad(DGL, s_gt, s_gc, tok, channel, (heads < GROUP)[:, None] & (rows < length)[None, :], delta, gate)
+        tl.store(GATE + lse_offs, gate, mask=row_mask)
+        do = do * gate[:, :, None]
+        delta = delta * gate
     tl.store(DELTA + lse_offs, delta, mask=row_mask)
     k_ptrs = _head_ptrs(K + b * sk_b + g * sk_h, heads, rows, cols, 0, sk_l, sk_d)
     v_ptrs = _head_ptrs(V + b * sv_b + g * sv_h, heads, rows, cols, 0, sv_l, sv_d)
@@ -187,7 +198,7 @@ def _stis_bwd_dq(
 
 @triton.jit
 def _stis_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, DELTA, SEQ_LEN,
+    Q, K, V, DO, DK, DV, LSE, DELTA, GATE, SEQ_LEN,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
@@ -199,7 +210,8 @@ def _stis_bwd_dkdv(
 ):  # fmt: skip
     """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
     group's heads, so each program owns its output rows (DK and DV share strides). ACCUMULATE:
-    add to what DK and DV hold (the other branch's gradients)."""
+    add to what DK and DV hold (the other branch's gradients). GATE (if not None): DO is the mix's
+    gradient, and GATE the rows' gates _stis_bwd_dq wrote, which scale the probabilities and dp."""
     s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     keys = s0 + tl.arange(0, BLOCK)
@@ -229,8 +241,13 @@ def _stis_bwd_dkdv(
             delta = tl.load(DELTA + lse_offs + o, mask=row_mask, other=0.0)
             s = tl.sum(q * k[None, :, :], axis=2) * qk_scale
             p = tl.where(row_mask, tl.exp2(s - lse), 0.0)
-            dv += p[:, :, None] * do
             dp = tl.sum(do * v[None, :, :], axis=2)
+            if GATE is not None:
+                gate = tl.load(GATE + lse_offs + o, mask=row_mask, other=0.0)
+                dv += (p * gate)[:, :, None] * do
+                dp = dp * gate
+            else:
+                dv += p[:, :, None] * do
             dk += (p * (dp - delta))[:, :, None] * q
 
     out_mask = (keys < length)[:, None] & col_ok[None, :]
@@ -308,11 +325,12 @@ def _launch_forward(
 
 def launch_backward(
     q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor, dout: Tensor, scale: float,
-    add_to: tuple[Tensor, Tensor, Tensor] | None = None,
+    add_to: tuple[Tensor, Tensor, Tensor] | None = None, gate: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv from the forward's output and logsumexp. add_to: the other branch's (dq, dk,
     dv), laid out like this branch's gradients, which the kernels add to in place and return:
-    no separate sum of the two branches' gradients (three kernels and three buffers less)."""
+    no separate sum of the two branches' gradients (three kernels and three buffers less).
+    gate: as ltis_triton.launch_backward's, for this branch's channels 2h + 1."""
     b, kv_heads, length, _ = k.shape
     if add_to is not None and (add_to[0].stride() != out.stride() or add_to[1].stride() != add_to[2].stride()):
         raise ValueError("add_to must be laid out like the branch's own gradients (dq like the output, dk like dv)")
@@ -322,13 +340,16 @@ def launch_backward(
     _, block_bwd, meta = _meta(q, kv_heads)
     meta.update(BLOCK=block_bwd, ACCUMULATE=add_to is not None)
     grid = (triton.cdiv(length, block_bwd), b * kv_heads)
+    gl, dgl = gate or (None, None)
+    gate_strides = gl.stride() if gl is not None else (0, 0)
+    gates = torch.empty_like(lse) if gate else None  # fp32 [B, H, L]: dk/dv reads it like delta
     _stis_bwd_dq[grid](
-        q, k, v, out, dout, dq, lse, delta, seq_len,
+        q, k, v, out, dout, dq, lse, delta, seq_len, gl, dgl, gates,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),
-        *common, **meta,
+        *gate_strides, *common, **meta,
     )  # fmt: skip
     _stis_bwd_dkdv[grid](
-        q, k, v, dout, dk, dv, lse, delta, seq_len,
+        q, k, v, dout, dk, dv, lse, delta, gates, seq_len,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
         *common, **meta,
     )  # fmt: skip

@@ -1,5 +1,6 @@
 """Both branches in one Function (blossom/attention/branches_triton.py) against the references,
-and `attend` (branches, gate, projection), whose inference path fuses the gate into the STIS kernel.
+and `attend` (branches, gate, projection), whose forward fuses the gate into the STIS kernel and
+whose backward folds it into the branches' backward kernels.
 
 The outputs are checked through a fixed mix 0.75 * ltis - 1.5 * stis, so a swapped output or a
 gradient sent to the wrong branch fails, and dq, dk, dv must be the sum of both branches'
@@ -18,6 +19,7 @@ from blossom.attention.branches_triton import attend, both_branches
 from blossom.attention.gate_triton import gated_merge
 
 from .cases import BF16, F16, F32, check_branch, gpu_case, inputs, needs_cuda
+from .tolerance import assert_close_to_reference
 from .test_ltis import SCALE, check_padding_with_selection, make_block_idx
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -76,8 +78,11 @@ def test_gpu_random_shapes(index: int) -> None:
 
 
 def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
-    """attend (the gate fused into the STIS forward) gives gated_merge(*both_branches) bit for
-    bit: without autograd, and with it, every input's gradient included."""
+    """attend gives gated_merge(*both_branches) bit for bit without autograd (the gate fused into
+    the STIS forward) and, with it, the same output and projection weight gradient bit for bit; the
+    gradients of q, k, v and the gate logits, which its backward kernels compute with the gates
+    folded in (dO never rounded to the input dtype), meet the tolerance rule against the fp64 and
+    same-dtype references, and are exactly 0 past seq_len."""
     q, k, v = inputs(shape, dtype, layout, device, seed)
     b, h, _, length, d = shape
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -91,16 +96,32 @@ def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: s
         unfused = gated_merge(*both_branches(q, k, v, block_idx, SCALE, seq_len), gate_logits, weight)
     assert fused.shape == (b, length, 32)
     torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
-    grads = {}
-    for name, path in (("fused", attend), ("unfused", lambda *a: gated_merge(*both_branches(*a[:6]), *a[6:]))):
-        leaves = [t.detach().requires_grad_() for t in (q, k, v, gate_logits, weight)]
-        out = path(*leaves[:3], block_idx, SCALE, seq_len, *leaves[3:])
-        out.backward(torch.randn(out.shape, generator=torch.Generator(device=device).manual_seed(seed), device=device,
-                                 dtype=out.dtype))
-        grads[name] = (out.detach(), *(t.grad for t in leaves))
-    torch.testing.assert_close(grads["fused"][0], unfused, rtol=0, atol=0)
-    for got, want in zip(grads["fused"], grads["unfused"], strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    def unfused_path(q, k, v, gl, w):
+        return gated_merge(*both_branches(q, k, v, block_idx, SCALE, seq_len), gl, w)
+
+    def reference_path(q, k, v, gl, w):
+        ltis = reference.ltis_attention(q, k, v, block_idx, SCALE, seq_len)
+        return reference.gated_merge(ltis, reference.stis_attention(q, k, v, SCALE, seq_len), gl, w)
+
+    dout = torch.randn(b, length, 32, generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    runs = {}
+    for name, path, as_type in (("fused", lambda *a: attend(*a[:3], block_idx, SCALE, seq_len, *a[3:]), dtype),
+                                ("unfused", unfused_path, dtype), ("same", reference_path, dtype),
+                                ("fp64", reference_path, torch.float64)):
+        leaves = [t.detach().to(as_type).requires_grad_() for t in (q, k, v, gate_logits, weight)]
+        out = path(*leaves)
+        runs[name] = [out.detach(), *torch.autograd.grad(out, leaves, dout.to(out.dtype))]
+    names = ("out", "dq", "dk", "dv", "dgate_logits", "dweight")
+    for name, got, want in zip(names, runs["fused"], runs["unfused"], strict=True):
+        if name in ("out", "dweight"):
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    for name, got, same, ref in zip(names, runs["fused"], runs["same"], runs["fp64"], strict=True):
+        assert_close_to_reference(name, got, same, ref)
+    for name, value in zip(names[1:5], runs["fused"][1:5]):
+        for batch, n in enumerate(lengths or []):
+            past = value[batch, :, n:] if name != "dgate_logits" else value[batch, n:]
+            assert not past.any(), f"{name} is not 0 past seq_len {n} (batch {batch})"
 
 
 @pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), [
