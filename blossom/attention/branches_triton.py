@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import ltis_triton, stis_triton
-from blossom.attention.gate_triton import check_gate_args, weight_grad
+from blossom.attention.gate_triton import check_gate_args, gated_mix, weight_grad
 from blossom.attention.reference import merge_heads
 from blossom.attention.triton_common import device_lengths
 
@@ -53,12 +53,13 @@ def _branches_backward(
 class _Attend(torch.autograd.Function):
     """Branches, gate and projection for training: the STIS forward kernel writes the gated mix as
     well as its output (no gate kernel, no second read of that output), and the host walks one
-    autograd node instead of two. Saves what _Branches and _GatedMerge would, and the mix, which
-    the projection's weight gradient needs first thing in the backward and which is then freed.
-    The branches' backward kernels read the mix's gradient and apply the gates themselves (the dq
-    kernels form dO in registers, the dk/dv kernels scale their probabilities and dp by the gate)
-    and write the logits' gradient: no gate kernel and no dO buffer per branch, so the backward
-    holds one [B, L, H, d] tensor where it held three (-56 MiB at B = 64, L = 4096 in bf16)."""
+    autograd node instead of two. Saves what _Branches and _GatedMerge would, not the mix: a model
+    holds every layer's saved tensors at once, and a mix per layer cost the ML-1M headline model
+    400 MiB of peak (H100, 2 layers, B = 2048, L = 200, fp32). The backward recomputes the mix for
+    the projection's weight gradient (the gate's forward kernel) and frees it; the branches'
+    backward kernels then read the mix's gradient and apply the gates themselves (the dq kernels
+    form dO in registers, the dk/dv kernels scale their probabilities and dp by the gate) and write
+    the logits' gradient: no dO buffer per branch."""
 
     @staticmethod
     def forward(
@@ -66,21 +67,19 @@ class _Attend(torch.autograd.Function):
         gate_logits: Tensor, weight: Tensor,
     ) -> Tensor:
         b, heads, length, _ = q.shape
-        gl = gate_logits.reshape(b * length, 2 * heads).contiguous()  # its gradient gets its layout
+        gl = gate_logits.reshape(b * length, 2 * heads).contiguous()  # the kernels index dgl with its strides
         ltis, ltis_lse = ltis_triton.launch_forward(q, k, v, block_idx, scale, seq_len)
         mix, stis, stis_lse = stis_triton.launch_forward_gated(q, k, v, scale, seq_len, ltis, gl, keep_branch=True)
         ctx.save_for_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight)
-        # an intermediate, not an input or output: kept on ctx so the backward can drop it early
-        ctx.mix, ctx.scale, ctx.logits_shape = merge_heads(mix), scale, gate_logits.shape
-        return F.linear(ctx.mix, weight.to(q.dtype))
+        ctx.scale, ctx.logits_shape = scale, gate_logits.shape
+        return F.linear(merge_heads(mix), weight.to(q.dtype))
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight = ctx.saved_tensors
         dout = dout.to(q.dtype)
-        dweight = weight_grad(dout, ctx.mix, weight)
-        del ctx.mix
+        dweight = weight_grad(dout, merge_heads(gated_mix(ltis, stis, gl)), weight)  # the mix freed at once
         b, heads, length, d = q.shape
         dmix = (dout @ weight.to(q.dtype)).view(b, length, heads, d).transpose(1, 2)
         dgl = torch.empty_like(gl)

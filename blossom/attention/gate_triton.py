@@ -127,7 +127,7 @@ def _launch(b: int, length: int, heads: int, head_dim: int) -> tuple[tuple[int],
     return (triton.cdiv(b * length, _ROWS),), meta
 
 
-def _mix(ltis: Tensor, stis: Tensor, gl: Tensor) -> Tensor:
+def gated_mix(ltis: Tensor, stis: Tensor, gl: Tensor) -> Tensor:
     """The gated sum [B, H, L, d] (stored [B, L, H, d]) of the branches; gl is [B * L, 2H]."""
     b, heads, length, d = ltis.shape
     out = empty_blhd(ltis, heads)
@@ -152,7 +152,7 @@ class _GatedMerge(torch.autograd.Function):
         ctx.save_for_backward(ltis, stis, gl, weight)
         ctx.logits_shape = gate_logits.shape
         # the weight in the activations' dtype: what autocast does for a Linear (a no-op otherwise)
-        return F.linear(merge_heads(_mix(ltis, stis, gl)), weight.to(ltis.dtype))
+        return F.linear(merge_heads(gated_mix(ltis, stis, gl)), weight.to(ltis.dtype))
 
     @staticmethod
     @once_differentiable
