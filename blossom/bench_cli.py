@@ -48,9 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     targets = commands.add_parser("targets", help="BlossomRec's time and memory ratios against the targets, from a CSV")
     targets.add_argument("--csv", type=Path, required=True, help="a CSV written by `blossom bench attention`")
     targets.add_argument("--out", type=Path, help="also write the tables: OUT.md, OUT.tex, OUT.csv, OUT_ratios.csv")
-    targets.add_argument("--impl", default="blossom_triton", help="the implementation judged (default blossom_triton)")
-    targets.add_argument("--baselines", nargs="+", default=["sdpa", "sdpa_flash"],
-                         help="the baselines it is divided by, those in the CSV (default sdpa sdpa_flash)")
+    targets.add_argument("--impl", help="the implementation judged (default blossom_triton)")
+    targets.add_argument("--baselines", nargs="+", help="the baselines it is divided by, those in the CSV (default sdpa sdpa_flash)")
     targets.set_defaults(func=run_targets)
 
 
@@ -125,11 +124,12 @@ def run_targets(args: argparse.Namespace) -> int:
     the targets are met: it is a report, the verdict column says."""
     from blossom.report import render, targets
 
-    tables = targets.targets_report(args.csv, args.impl, tuple(args.baselines))
+    impl = args.impl or targets.IMPL
+    tables = targets.targets_report(args.csv, impl, tuple(args.baselines or targets.BASELINES))
     for table in tables:
         print(f"## {table.title}\n\n{table.caption}\n\n{render.render(table, 'md')}\n")
     if args.out:
-        _print_written(render.write_tables(args.out, tables, title=f"Attention efficiency targets: {args.impl}"))
+        _print_written(render.write_tables(args.out, tables, title=f"Attention efficiency targets: {impl}"))
     return 0
 
 

@@ -47,13 +47,18 @@ def _ptrs(X, s_b, s_h, s_l, s_d, b, pos, h, e):
 
 
 @triton.jit
+def branch_gate(GL, s_gt, s_gc, tok, channel, ok):
+    """sigmoid of the logits of tokens tok and channels channel (2h: LTIS, 2h + 1: STIS), fp32,
+    tok and channel broadcast against each other (GL: [B * L, 2H] logits, token stride s_gt,
+    channel stride s_gc)."""
+    return tl.sigmoid(tl.load(GL + tok.to(tl.int64) * s_gt + channel * s_gc, mask=ok, other=0.0).to(tl.float32))
+
+
+@triton.jit
 def gate_values(GL, s_gt, s_gc, tok, h, pair_ok):
-    """sigmoid of the LTIS (channel 2h) and STIS (2h + 1) logits of tokens tok and heads h,
-    [len(tok), len(h)] fp32 (GL: [B * L, 2H] logits, token stride s_gt, channel stride s_gc)."""
-    base = GL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
-    g_l = tl.sigmoid(tl.load(base, mask=pair_ok, other=0.0).to(tl.float32))
-    g_s = tl.sigmoid(tl.load(base + s_gc, mask=pair_ok, other=0.0).to(tl.float32))
-    return g_l, g_s
+    """Both branches' gates (branch_gate) of tokens tok and heads h, [len(tok), len(h)] each."""
+    g_l = branch_gate(GL, s_gt, s_gc, tok[:, None], (2 * h)[None, :], pair_ok)
+    return g_l, branch_gate(GL, s_gt, s_gc, tok[:, None], (2 * h + 1)[None, :], pair_ok)
 
 
 @triton.jit
@@ -61,13 +66,6 @@ def mix_tile(lt, st, g_l, g_s):
     """The gated sum of one tile, g_l * ltis + g_s * stis: gates [a, b] broadcast over the last
     axis of ltis, stis [a, b, d]."""
     return g_l[:, :, None] * lt + g_s[:, :, None] * st
-
-
-@triton.jit
-def branch_gate(GL, s_gt, s_gc, tok, channel, ok):
-    """sigmoid of the logits of tokens tok and channels channel (2h: LTIS, 2h + 1: STIS), fp32,
-    tok and channel broadcast against each other (GL: [B * L, 2H] logits)."""
-    return tl.sigmoid(tl.load(GL + tok.to(tl.int64) * s_gt + channel * s_gc, mask=ok, other=0.0).to(tl.float32))
 
 
 @triton.jit
@@ -115,9 +113,8 @@ def _gate_bwd(
     grad_ptrs = _ptrs(0, sg_b, sg_h, sg_l, sg_d, b, pos, h, e)
     tl.store(DLT + grad_ptrs, (g_l[:, :, None] * do).to(DLT.dtype.element_ty), mask=ok)
     tl.store(DST + grad_ptrs, (g_s[:, :, None] * do).to(DST.dtype.element_ty), mask=ok)
-    dgl = DGL + tok.to(tl.int64)[:, None] * s_gt + (2 * h * s_gc)[None, :]
-    tl.store(dgl, (tl.sum(do * lt, axis=2) * g_l * (1 - g_l)).to(DGL.dtype.element_ty), mask=pair_ok)
-    tl.store(dgl + s_gc, (tl.sum(do * st, axis=2) * g_s * (1 - g_s)).to(DGL.dtype.element_ty), mask=pair_ok)
+    store_gate_grad(DGL, s_gt, s_gc, tok[:, None], (2 * h)[None, :], pair_ok, tl.sum(do * lt, axis=2), g_l)
+    store_gate_grad(DGL, s_gt, s_gc, tok[:, None], (2 * h + 1)[None, :], pair_ok, tl.sum(do * st, axis=2), g_s)
     mix = mix_tile(lt, st, g_l, g_s)
     tl.store(_ptrs(DO, sdo_b, sdo_h, sdo_l, sdo_d, b, pos, h, e), mix.to(DO.dtype.element_ty), mask=ok)
 
@@ -157,26 +154,37 @@ class _GatedMerge(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        dltis, dstis, dgl, dweight = merge_backward(*ctx.saved_tensors, dout)
-        return dltis, dstis, dgl.view(ctx.logits_shape), dweight
+        ltis, stis, gl, weight = ctx.saved_tensors
+        b, heads, length, d = ltis.shape
+        dout = dout.to(ltis.dtype)
+        dmix_merged = dout @ weight.to(ltis.dtype)  # [B, L, H d]; holds the mix after the kernel
+        dmix = dmix_merged.view(b, length, heads, d).transpose(1, 2)
+        dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
+        dgl = torch.empty_like(gl)
+        grid, meta = _launch(b, length, heads, d)
+        _gate_bwd[grid](
+            ltis, stis, gl, dmix, dltis, dstis, dgl,
+            *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
+            b * length, length, heads, d, **meta,
+        )  # fmt: skip
+        return dltis, dstis, dgl.view(ctx.logits_shape), weight_grad(dout, dmix_merged, weight)
 
 
-def merge_backward(ltis: Tensor, stis: Tensor, gl: Tensor, weight: Tensor, dout: Tensor) -> tuple[Tensor, ...]:
-    """The merge's backward from what its forward saved (gl: the logits as [B * L, 2H]) and the
-    output's gradient: (d ltis, d stis, d gl [B * L, 2H], d weight)."""
-    b, heads, length, d = ltis.shape
-    dout = dout.to(ltis.dtype)
-    dmix_merged = dout @ weight.to(ltis.dtype)  # [B, L, H d]; holds the mix after the kernel
-    dmix = dmix_merged.view(b, length, heads, d).transpose(1, 2)
-    dltis, dstis = empty_blhd(ltis, heads), empty_blhd(stis, heads)
-    dgl = torch.empty_like(gl)
-    grid, meta = _launch(b, length, heads, d)
-    _gate_bwd[grid](
-        ltis, stis, gl, dmix, dltis, dstis, dgl,
-        *ltis.stride(), *stis.stride(), *dmix.stride(), *dltis.stride(), *gl.stride(),
-        b * length, length, heads, d, **meta,
-    )  # fmt: skip
-    return dltis, dstis, dgl, weight_grad(dout, dmix_merged, weight)
+def logit_strides(gl: Tensor | None) -> tuple[int, int]:
+    """(token, channel) strides of [B * L, 2H] logits; (0, 0) for the kernels' unused pointer."""
+    return gl.stride() if gl is not None else (0, 0)
+
+
+def backward_gate_args(gate: tuple[Tensor, Tensor] | None, lse: Tensor) -> tuple[Tensor | None, ...]:
+    """What a branch's backward kernels take for gate = (logits, their gradient), or None: (logits,
+    gradient, the fp32 per-row gate buffer the dq kernel writes for dk/dv (lse's shape), and the
+    logits' strides, which index the gradient too)."""
+    if gate is None:
+        return None, None, None, logit_strides(None)
+    gl, dgl = gate
+    if dgl.stride() != gl.stride():
+        raise ValueError(f"the logits' gradient must share their strides {gl.stride()}, got {dgl.stride()}")
+    return gl, dgl, torch.empty_like(lse), logit_strides(gl)
 
 
 def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:

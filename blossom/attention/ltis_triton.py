@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import branch_gate, store_gate_grad
+from blossom.attention.gate_triton import backward_gate_args, branch_gate, store_gate_grad
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -634,9 +634,7 @@ def launch_backward(
     meta = _meta(q, kv_heads)
     dq = empty_blhd(q, h)  # same shape and layout as out: shares its strides
     delta = torch.empty_like(lse)
-    gl, dgl = gate or (None, None)
-    gate_strides = gl.stride() if gl is not None else (0, 0)
-    gates = torch.empty_like(lse) if gate else None  # fp32 [B, H, L]: dk/dv reads it like delta
+    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
     _ltis_bwd_dq[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
         q, k, v, block_idx, seq_len, out, dout, dq, lse, delta, gl, dgl, gates,
         *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),

@@ -25,7 +25,9 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import branch_gate, gate_values, mix_tile, store_gate_grad
+from blossom.attention.gate_triton import (
+    backward_gate_args, branch_gate, gate_values, logit_strides, mix_tile, store_gate_grad,
+)
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
@@ -315,10 +317,9 @@ def _launch_forward(
     b, _, length, _ = q.shape
     kv_heads = k.shape[1]
     block_fwd, _, meta = _meta(q, kv_heads)
-    gate_strides = gate_logits.stride() if gate_logits is not None else (0, 0)
     _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
         q, k, v, out, lse, ltis, gate_logits, mix, seq_len,
-        *q.stride(), *k.stride(), *v.stride(), *(out if out is not None else mix).stride(), *gate_strides,
+        *q.stride(), *k.stride(), *v.stride(), *(out if out is not None else mix).stride(), *logit_strides(gate_logits),
         length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
     )  # fmt: skip
 
@@ -340,9 +341,7 @@ def launch_backward(
     _, block_bwd, meta = _meta(q, kv_heads)
     meta.update(BLOCK=block_bwd, ACCUMULATE=add_to is not None)
     grid = (triton.cdiv(length, block_bwd), b * kv_heads)
-    gl, dgl = gate or (None, None)
-    gate_strides = gl.stride() if gl is not None else (0, 0)
-    gates = torch.empty_like(lse) if gate else None  # fp32 [B, H, L]: dk/dv reads it like delta
+    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
     _stis_bwd_dq[grid](
         q, k, v, out, dout, dq, lse, delta, seq_len, gl, dgl, gates,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),

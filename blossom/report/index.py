@@ -18,6 +18,7 @@ from tabulate import tabulate
 from blossom.errors import BlossomError
 from blossom.io import atomic_write_text
 from blossom.report.runs import environments
+from blossom.report.targets import read_bench
 
 
 def _link(path: Path, base: Path) -> str:
@@ -51,16 +52,9 @@ def plot_entry(path: Path, base: Path) -> str:
     return f"- [{title}]({_link(path, base)}){_siblings(path, base, ('.svg',))}{description}"
 
 
-def _read_bench(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as err:
-        raise BlossomError(f"cannot read benchmark {path}: {err}") from err
-
-
 def bench_entry(path: Path, base: Path) -> str:
     """`- [attention benchmark](x.csv): impls, lengths, phases, devices` from the CSV's rows."""
-    bench = _read_bench(path)
+    bench = read_bench(path)
     if bench.empty:
         return f"- [attention benchmark]({_link(path, base)}): no rows"
 
@@ -90,7 +84,7 @@ def index_markdown(out: Path, tables: list[Path], plots: list[Path], records: li
     else:
         parts.append("_No run records given (pass --runs to list devices and versions)._")
     if bench:
-        env = pd.concat([_read_bench(b) for b in bench]).astype(str)
+        env = pd.concat([read_bench(b) for b in bench]).astype(str)
         columns = [c for c in ("device", "torch", "triton") if c in env.columns]
         parts += ["Attention benchmarks:", _markdown_table(env.groupby(columns).size().rename("rows").reset_index())]
     return "\n\n".join(parts) + "\n"

@@ -58,7 +58,7 @@ def read_bench(path: str | Path) -> pd.DataFrame:
     """The benchmark rows; CSVs written before the mode column existed are eager."""
     try:
         rows = pd.read_csv(path, dtype={"status": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except (OSError, ValueError) as err:  # pandas' parser and empty-file errors are ValueErrors
         raise BlossomError(f"cannot read benchmark {path}: {err}") from err
     missing = {"impl", "seq_len", "phase", "status", *_VALUES.values()} - set(rows.columns)
     if missing:

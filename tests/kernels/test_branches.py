@@ -69,6 +69,16 @@ def test_accumulation_target_must_match_the_layout() -> None:
         stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, add_to=wrong)
 
 
+def test_logits_gradient_must_share_the_logits_layout() -> None:
+    """The kernels index the logits' gradient with the logits' strides: another layout is refused
+    before any launch."""
+    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16)
+    out, lse = torch.zeros(1, 8, 4, 16).transpose(1, 2), torch.zeros(1, 4, 8)
+    gl = torch.zeros(8, 8)
+    with pytest.raises(ValueError, match="share their strides"):
+        stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, gate=(gl, torch.zeros(8, 8).t()))
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("index", range(12))

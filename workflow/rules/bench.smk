@@ -1,13 +1,14 @@
 # Attention microbenchmark: one layer per implementation across sequence lengths.
 
 BENCH = config.get("bench", {})
+BENCH_OUT = f"attention_{BENCH.get('tag', 'local')}"  # results/bench/<this>.csv and its targets
 
 
 rule bench_attention:
     output:
-        csv=f"results/bench/attention_{BENCH.get('tag', 'local')}.csv",
+        csv=f"results/bench/{BENCH_OUT}.csv",
     log:
-        f"results/logs/bench/attention_{BENCH.get('tag', 'local')}.log",
+        f"results/logs/bench/{BENCH_OUT}.log",
     params:
         seq_lens=" ".join(map(str, BENCH.get("seq_lens", [200, 512, 1024, 2048, 4096, 8192]))),
         impls=" ".join(BENCH.get("impls", ["blossom_triton", "blossom_reference", "naive", "sdpa", "sdpa_flash", "flex"])),
@@ -31,12 +32,12 @@ rule bench_targets:
     input:
         rules.bench_attention.output.csv,
     output:
-        md=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets.md",
-        tex=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets.tex",
-        csv=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets.csv",
-        ratios=f"results/bench/attention_{BENCH.get('tag', 'local')}_targets_ratios.csv",
+        md=f"results/bench/{BENCH_OUT}_targets.md",
+        tex=f"results/bench/{BENCH_OUT}_targets.tex",
+        csv=f"results/bench/{BENCH_OUT}_targets.csv",
+        ratios=f"results/bench/{BENCH_OUT}_targets_ratios.csv",
     log:
-        f"results/logs/bench/attention_{BENCH.get('tag', 'local')}_targets.log",
+        f"results/logs/bench/{BENCH_OUT}_targets.log",
     conda:
         "../../envs/report.yaml"
     shell:
