@@ -37,14 +37,16 @@ class _Branches(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dltis: Tensor, dstis: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
-        return *_branches_backward(ctx.saved_tensors, ctx.scale, dltis, dstis), None, None, None
+        dq, dk, dv = _branches_backward(ctx.saved_tensors, ctx.scale, dltis, dstis)
+        return dq.to(dk.dtype), dk, dv, None, None, None
 
 
 def _branches_backward(
     saved: tuple[Tensor, ...], scale: float, dltis: Tensor, dstis: Tensor, gate: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor, ...]:
     """dq, dk, dv of both branches from what _Branches saves: LTIS writes, STIS adds in place.
-    gate: (logits, their gradient) [B * L, 2H]; dltis and dstis are then both the mix's gradient."""
+    gate: (logits, their gradient) [B * L, 2H]; dltis and dstis are then both the mix's gradient.
+    dq is LTIS's (fp32 unless deterministic algorithms are on): the callers cast it."""
     q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = saved
     grads = ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, scale, gate=gate)
     return stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, scale, add_to=grads, gate=gate)
@@ -57,9 +59,10 @@ class _Attend(torch.autograd.Function):
     holds every layer's saved tensors at once, and a mix per layer cost the ML-1M headline model
     400 MiB of peak (H100, 2 layers, B = 2048, L = 200, fp32). The backward recomputes the mix for
     the projection's weight gradient (the gate's forward kernel) and frees it; the branches'
-    backward kernels then read the mix's gradient and apply the gates themselves (the dq kernels
-    form dO in registers, the dk/dv kernels scale their probabilities and dp by the gate) and write
-    the logits' gradient: no dO buffer per branch."""
+    backward kernels then read the mix's gradient and apply the gates themselves (the kernels
+    that score the pairs scale their probabilities and dp by the gate; the deterministic LTIS dq
+    kernel and the STIS dq kernel form dO in registers) and write the logits' gradient: no dO
+    buffer per branch."""
 
     @staticmethod
     def forward(
@@ -85,7 +88,8 @@ class _Attend(torch.autograd.Function):
         dgl = torch.empty_like(gl)
         saved = (q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse)
         dq, dk, dv = _branches_backward(saved, ctx.scale, dmix, dmix, gate=(gl, dgl))
-        return dq, dk, dv, None, None, None, dgl.view(ctx.logits_shape), dweight
+        del dmix  # freed before the cast allocates dq in the inputs' dtype beside the fp32 one
+        return dq.to(q.dtype), dk, dv, None, None, None, dgl.view(ctx.logits_shape), dweight
 
 
 def both_branches(

@@ -177,8 +177,8 @@ def logit_strides(gl: Tensor | None) -> tuple[int, int]:
 
 def backward_gate_args(gate: tuple[Tensor, Tensor] | None, lse: Tensor) -> tuple[Tensor | None, ...]:
     """What a branch's backward kernels take for gate = (logits, their gradient), or None: (logits,
-    gradient, the fp32 per-row gate buffer the dq kernel writes for dk/dv (lse's shape), and the
-    logits' strides, which index the gradient too)."""
+    gradient, the fp32 per-row gate buffer a branch's first backward kernel writes for its dk/dv
+    kernel (lse's shape), and the logits' strides, which index the gradient too)."""
     if gate is None:
         return None, None, None, logit_strides(None)
     gl, dgl = gate

@@ -40,11 +40,12 @@ def dot(a, b, MODE: tl.constexpr):
     return out
 
 
-def empty_blhd(like: Tensor, heads: int) -> Tensor:
-    """An uninitialised [B, heads, L, d] tensor stored as [B, L, heads, d]: merging heads after
-    the attention (reference.merge_heads) is then free, and it matches the qkv projection."""
+def empty_blhd(like: Tensor, heads: int, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised [B, heads, L, d] tensor (like's dtype unless given) stored as [B, L, heads,
+    d]: merging heads after the attention (reference.merge_heads) is then free, and it matches
+    the qkv projection."""
     b, _, length, d = like.shape
-    return like.new_empty(b, length, heads, d).transpose(1, 2)
+    return like.new_empty(b, length, heads, d, dtype=dtype).transpose(1, 2)
 
 
 def check_gqa(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, max_head_dim: int) -> None:

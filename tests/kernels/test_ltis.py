@@ -5,14 +5,17 @@ of blocks whose probabilities agree to 1e-6 (1e-5 on a GPU; rounding can order n
 hand-built cases with a known answer. Attention: output and dq, dk, dv against the reference
 given the same block_idx (with -1 slots), with the flash-attention tolerance rule
 (tolerance.py); right-padded positions get exact zeros and no gradient; NaN in padded k/v never
-reaches anything. CPU cases run in the Triton interpreter (small shapes: it is slow); the gpu
+reaches anything. dq comes from the dk/dv kernel's fp32 atomics, or, under
+torch.use_deterministic_algorithms, from the dq kernel: both paths are checked, and against
+each other. CPU cases run in the Triton interpreter (small shapes: it is slow); the gpu
 set (`pytest -m gpu` on a CUDA machine) draws 60 random shapes up to L = 4097.
 """
 
 from __future__ import annotations
 
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -241,6 +244,70 @@ def test_inverted_index_matches_a_torch_csr(shape: tuple[int, int, int, int], de
     assert torch.equal(offsets, want_offsets) and torch.equal(order, want_order)
 
 
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """torch.use_deterministic_algorithms(True) inside; warn_only, or the references' cuBLAS
+    products on a GPU would need CUBLAS_WORKSPACE_CONFIG."""
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    with deterministic_algorithms():
+        yield
+
+
+@pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), [CPU_CASES[i] for i in (1, 5, 7)])
+def test_deterministic_path_matches_reference(shape, dtype, layout, lengths, deterministic: None) -> None:
+    check_case(shape, dtype, layout, lengths, "cpu", seed=0)
+
+
+def backward_both_ways(shape, dtype, lengths: list[int], device: str, seed: int) -> tuple[tuple[Tensor, ...], ...]:
+    """launch_backward's (dq, dk, dv, the logits' gradient) on one gated case: with atomics, then
+    twice under deterministic algorithms."""
+    q, k, v = inputs(shape, dtype, "qkv", device, seed)
+    b, h, _, length, _ = shape
+    block_idx = make_block_idx(q, shape[2], reference.NUM_SELECTED, drop=0.2, seed=seed)
+    seq_len = torch.tensor(lengths, device=device, dtype=torch.int32)
+    out, lse = ltis_triton.launch_forward(q, k, v, block_idx, SCALE, seq_len)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dmix = torch.randn(out.shape, generator=gen, device=device).to(dtype)
+    logits = torch.randn(b * length, 2 * h, generator=gen, device=device).to(dtype)
+
+    def backward() -> tuple[Tensor, ...]:
+        dgl = torch.zeros_like(logits)
+        return *ltis_triton.launch_backward(q, k, v, block_idx, seq_len, out, lse, dmix, SCALE, gate=(logits, dgl)), dgl
+
+    atomics = backward()
+    with deterministic_algorithms():
+        return atomics, backward(), backward()
+
+
+def check_dq_paths(shape, dtype, lengths: list[int], device: str, seed: int) -> None:
+    """The two dq paths agree: dq to the inputs' rounding (fp32 with atomics, the inputs' dtype
+    from the dq kernel, which also rounds the gated dO first), dk, dv and the logits' gradient
+    bit for bit (the same kernels compute them both ways); the deterministic path repeats itself
+    bit for bit."""
+    atomics, det, again = backward_both_ways(shape, dtype, lengths, device, seed)
+    assert atomics[0].dtype == torch.float32 and det[0].dtype == dtype
+    tol = {F32: 1e-5, F16: 2e-3, BF16: 2e-2}[dtype]
+    torch.testing.assert_close(atomics[0], det[0].float(), rtol=tol, atol=tol)
+    for name, x, y, z in zip(("dq", "dk", "dv", "dgl"), atomics, det, again):
+        assert torch.equal(y, z), f"{name} differs between two deterministic runs"
+        if name != "dq":
+            assert torch.equal(x, y), f"{name} differs between the dq paths"
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((2, 4, 2, 50, 16), F32), ((1, 2, 1, 40, 16), F16)])
+def test_dq_paths_agree(shape, dtype) -> None:
+    check_dq_paths(shape, dtype, [shape[3], 23][: shape[0]], "cpu", seed=0)
+
+
 def test_rejects_badinputs() -> None:
     q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 3, 8, 16)
     idx = torch.zeros(1, 2, 8, 0, dtype=torch.long)
@@ -266,3 +333,5 @@ def test_gpu_random_shapes(index: int) -> None:
     ck = torch.randn(b, g, length // reference.BLOCK, d, generator=gen, device="cuda").to(dtype)
     assert_same_selection(select_blocks(q, ck, SCALE, 4), q, ck, 4)
     check_case(shape, dtype, layout, lengths, "cuda", seed=index)
+    if index % 6 == 0:  # ten of the shapes: the deterministic dq path too
+        check_dq_paths(shape, dtype, lengths or [length] * b, "cuda", seed=index)
