@@ -330,8 +330,9 @@ def launch_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv from the forward's output and logsumexp. add_to: the other branch's (dq, dk,
     dv), laid out like this branch's gradients, which the kernels add to in place and return:
-    no separate sum of the two branches' gradients (three kernels and three buffers less).
-    gate: as ltis_triton.launch_backward's, for this branch's channels 2h + 1."""
+    no separate sum of the two branches' gradients (three kernels and three buffers less); each
+    keeps its dtype (LTIS's dq is fp32, its atomics' accumulator). gate: as
+    ltis_triton.launch_backward's, for this branch's channels 2h + 1."""
     b, kv_heads, length, _ = k.shape
     if add_to is not None and (add_to[0].stride() != out.stride() or add_to[1].stride() != add_to[2].stride()):
         raise ValueError("add_to must be laid out like the branch's own gradients (dq like the output, dk like dv)")
