@@ -474,11 +474,11 @@ def _dkdv_rows(
     dk, dv, k, v, keys, queries, heads, row_ok,
     q_base, do_base, DQ, dq_off, LSE, DELTA, GATE, lse_base,
     sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
-    CAUSAL: tl.constexpr, DOT: tl.constexpr, ADD_DQ: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     """Add one chunk of query rows' contribution to dk (unscaled) and dv of one key block (GATE:
     the rows' gates, if DO is the mix's gradient; they scale the probabilities for dv and dp).
-    ADD_DQ: also add the chunk's dq (scaled) to its fp32 rows in DQ + dq_off, atomically."""
+    DQ (if not None): also add the chunk's dq (scaled) to its fp32 rows in DQ + dq_off, atomically."""
     mask = row_ok[:, None] & col_ok
     q = tl.load(_row_ptrs(q_base, heads, queries, cols, sq_h, sq_l, sq_d), mask=mask, other=0.0)
     do = tl.load(_row_ptrs(do_base, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=mask, other=0.0)
@@ -498,7 +498,7 @@ def _dkdv_rows(
         dv += dot(tl.trans(p.to(do.dtype)), do, DOT)
     ds = (p * (dp - delta[:, None])).to(q.dtype)
     dk += dot(tl.trans(ds), q, DOT)
-    if ADD_DQ:  # relaxed: only the sum matters, no ordering against other memory
+    if DQ is not None:  # relaxed: only the sum matters, no ordering against other memory
         dq_ptrs = _row_ptrs(DQ + dq_off, heads, queries, cols, sdq_h, sdq_l, sdq_d)
         tl.atomic_add(dq_ptrs, dot(ds, k, DOT) * scale, mask=mask, sem="relaxed")
     return dk, dv
@@ -519,9 +519,11 @@ def _ltis_bwd_dkdv(
 ):  # fmt: skip
     """dk, dv of key block j x (batch, kv head): its own 16 queries (causal), then every query
     that selected it (the inverted index), 16 queries x all the group's heads per step.
-    Each step is three small tensor-core dots against the block's K and V. DK and DV share strides.
-    One warp per program where a step's tiles are small: 0.27 ms on an H100 at L = 4096 (B=64,
-    bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; 4 warps for larger tiles.
+    Each step is three small tensor-core dots against the block's K and V (four with DQ). DK and DV
+    share strides. One warp per program where a step's tiles are small: with three dots 0.27 ms on an
+    H100 at L = 4096 (B=64, bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; with four
+    still the fastest (results/bench/raw-2026-11-26-session9/sweep_dkdv_dq_h100.txt); 4 warps for
+    larger tiles.
     GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _ltis_bwd_dq or
     _ltis_bwd_prep wrote. DQ (if not None): fp32 [B, H, L, d] that every step adds its rows' dq
     to, atomically (the atomics path: no dq kernel, which gathered K and V again)."""
@@ -548,7 +550,7 @@ def _ltis_bwd_dkdv(
         dk, dv, k, v, keys, queries, heads, head_ok & (queries < n_valid),
         q_base, do_base, DQ, b64 * sdq_b, LSE, DELTA, GATE, lse_base,
         sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
-        CAUSAL=True, DOT=DOT, ADD_DQ=DQ is not None,
+        CAUSAL=True, DOT=DOT,
     )  # fmt: skip
 
     listed = j < num_blocks  # the last, partial block is never selectable
@@ -565,7 +567,7 @@ def _ltis_bwd_dkdv(
             dk, dv, k, v, keys, sel, heads, head_ok & sel_ok,
             q_base, do_base, DQ, b64 * sdq_b, LSE, DELTA, GATE, lse_base,
             sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
-            CAUSAL=False, DOT=DOT, ADD_DQ=DQ is not None,
+            CAUSAL=False, DOT=DOT,
         )  # fmt: skip
 
     out_ptrs = _row_ptrs(b64 * sdk_b, g, keys, cols, sdk_g, sdk_l, sdk_d)
@@ -683,13 +685,11 @@ def launch_backward(
     is then the gated mix's gradient, the kernels apply this branch's gate (channels 2h) to its
     products and write those channels of the logits' gradient (no gate kernel, no dO buffer).
 
-    dq is fp32 whatever the inputs' dtype: the dk/dv kernel, which scores every (query, key) pair
-    of the branch anyway, adds each pair's dq there with fp32 atomics, instead of a dq kernel that
-    gathered every query's K and V blocks a second time (on an H100 at L = 4096 the dq and dk/dv
-    kernels took 0.98 ms, the prep and dk/dv kernels with atomics 0.53). The sum's order, and so
-    its last bits, may change from run to run; under torch.use_deterministic_algorithms the dq
-    kernel runs instead (dq in the inputs' dtype, bit for bit reproducible). Callers cast dq once,
-    after the other branch has added its part."""
+    dq is fp32 whatever the inputs' dtype: the dk/dv kernel adds each pair's dq with fp32 atomics
+    (the module docstring says why and what it saves), so its last bits may change from run to
+    run; under torch.use_deterministic_algorithms the dq kernel runs instead (dq in the inputs'
+    dtype, bit for bit reproducible). Callers cast dq once, after the other branch has added its
+    part."""
     b, h, length, _ = q.shape
     kv_heads, n_slots = k.shape[1], block_idx.shape[3]
     qk_scale = scale * LOG2E.value
