@@ -2,13 +2,18 @@
 
 Contract: reference.select_blocks(reference.block_importance(...)) and reference.ltis_attention.
 
-Selection (`select_blocks`): one program per (query tile, batch, kv head) averages the group's
-query heads first (a mean of logits is the logit of the mean query: H/G times less work), streams
-the compressed keys in chunks and keeps, in registers, the running logsumexp (seeded with the
-null logit) and the running top-n blocks. Nothing [L, L/16] is ever written. The logits are
-fp32 products on tensor cores as 3xTF32 (each operand split into a TF32 head and tail; relative
-error ~1e-6, 2.4x faster than exact fp32 FMAs): like any other fp32 summation order, that may
-order two blocks whose logits agree to ~1e-6 differently from the reference.
+Selection (`select_blocks`): one program per (query tile, batch, kv head) streams the
+compressed keys in chunks of 16 blocks; column c of the chunks keeps, in registers, the sorted
+top n of blocks c, c + 16, ... (compares and selects per logit, no reduction: a row's top n lies
+in those lists, a column holding k of them holding them as its own top k), and the row's top n
+is drawn from the 16 lists once at the end. Nothing [L, L/16] is ever written. A top-n merge per
+chunk (n arg-max passes over it) took ~85% of the kernel's time before (H100, bf16, B = 64, in the
+layer: 0.25 -> 0.15 ms at L = 4096, 0.86 -> 0.49 ms at 8192). The logits are fp32 sums of exact products: for fp16 and
+bf16 inputs, one tensor-core dot of the group's heads side by side (depth H/G * d) against the
+keys repeated, the reference's per-head logits summed; for fp32 inputs, the heads' mean first
+(a mean of logits is the logit of the mean query) as 3xTF32 products (each operand split into a
+TF32 head and tail; relative error ~1e-6). Like any other fp32 summation order, that may order
+two blocks whose logits agree to ~1e-6 differently from the reference.
 
 Attention (`ltis_attention`): every query attends 16 keys per selected block plus its own block
 causally, one exact softmax over the union. Rows are (query, head) pairs of one GQA group, so
@@ -76,36 +81,68 @@ def _dot_mode(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _merge_top(top_s, top_j, s, j0, N: tl.constexpr):
-    """Top-N of a running sorted list (top_s, top_j [M, N_PAD]) and a chunk of scores s [M, BN]
-    whose column c is block j0 + c. Ties go to the lower block index: the running list holds
-    lower indices than the chunk, and tl.max breaks ties to the left. Entries left at -inf may
-    repeat an index; the caller drops them (their probability is 0)."""
-    slot = tl.arange(0, top_s.shape[1])[None, :]
-    col = tl.arange(0, s.shape[1])[None, :]
-    new_s = tl.full(top_s.shape, float("-inf"), tl.float32)
-    new_j = tl.full(top_j.shape, -1, tl.int32)
+def _insert(vals, idx, v, j, N: tl.constexpr):
+    """Insert the chunk's logits v [M, BN] (block j) into every column's sorted list: vals and
+    idx are tuples of N [M, BN] tensors, vals[0] >= vals[1] >= ... per column. Elementwise, no
+    reduction: a value equal to one already listed goes behind it (that one is a lower block),
+    so ties go to the lower block index. -inf (not visible) never enters."""
+    new_vals = ()
+    new_idx = ()
     for t in tl.static_range(N):
-        run_best, run_arg = tl.max(top_s, axis=1, return_indices=True)
-        new_best, new_arg = tl.max(s, axis=1, return_indices=True)
-        from_run = run_best >= new_best
-        run_hit = slot == run_arg[:, None]
-        run_j = tl.sum(tl.where(run_hit, top_j, 0), axis=1)
-        best_j = tl.where(from_run, run_j, j0 + new_arg)
-        new_s = tl.where(slot == t, tl.where(from_run, run_best, new_best)[:, None], new_s)
-        new_j = tl.where(slot == t, best_j[:, None], new_j)
-        top_s = tl.where(run_hit & from_run[:, None], float("-inf"), top_s)
-        s = tl.where((col == new_arg[:, None]) & ~from_run[:, None], float("-inf"), s)
-    return new_s, new_j
+        beats = v > vals[t]
+        if t == 0:
+            new_vals = new_vals + (tl.where(beats, v, vals[t]),)
+            new_idx = new_idx + (tl.where(beats, j, idx[t]),)
+        else:
+            moves = v > vals[t - 1]  # the entry above moves down into this place
+            new_vals = new_vals + (tl.where(moves, vals[t - 1], tl.where(beats, v, vals[t])),)
+            new_idx = new_idx + (tl.where(moves, idx[t - 1], tl.where(beats, j, idx[t])),)
+    return new_vals, new_idx
 
 
 @triton.jit
-def _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_ok, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
-    """Logits [M, BLOCK_N] of the query tile against compressed blocks j0 .. j0 + BLOCK_N - 1;
-    -inf where a block is not visible (j >= i // 16, or past the last block)."""
+def _pop(vals, idx, hit, N: tl.constexpr):
+    """Drop the head of the columns' lists where hit [M, BN]: their other entries move up."""
+    new_vals = ()
+    new_idx = ()
+    for t in tl.static_range(N):
+        if t + 1 < N:
+            new_vals = new_vals + (tl.where(hit, vals[t + 1], vals[t]),)
+            new_idx = new_idx + (tl.where(hit, idx[t + 1], idx[t]),)
+        else:
+            new_vals = new_vals + (tl.where(hit, float("-inf"), vals[t]),)
+            new_idx = new_idx + (tl.where(hit, -1, idx[t]),)
+    return new_vals, new_idx
+
+
+@triton.jit
+def _row_top(vals, idx, N: tl.constexpr, N_PAD: tl.constexpr):
+    """Top-N per row (scores, blocks) [M, N_PAD] from the columns' sorted lists: N times, the
+    best head (ties to the lower block) is taken and its list moves up. Every row's top-N is in
+    the lists: a column holding k of them holds them as its own top k. Slots left at -inf hold -1."""
+    slot = tl.arange(0, N_PAD)[None, :]
+    top_s = tl.full([vals[0].shape[0], N_PAD], float("-inf"), tl.float32)
+    top_j = tl.full([vals[0].shape[0], N_PAD], -1, tl.int32)
+    for t in tl.static_range(N):
+        best = tl.max(vals[0], axis=1)
+        first = vals[0] == best[:, None]
+        j = tl.min(tl.where(first, idx[0], 2147483647), axis=1)
+        top_s = tl.where(slot == t, best[:, None], top_s)
+        top_j = tl.where(slot == t, j[:, None], top_j)
+        vals, idx = _pop(vals, idx, first & (idx[0] == j[:, None]), N)
+    return top_s, top_j
+
+
+@triton.jit
+def _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N: tl.constexpr,
+                    DOT: tl.constexpr):  # fmt: skip
+    """Logits [M, BLOCK_N] of the query tile (a [M, depth]) against compressed blocks j0 .. j0 +
+    BLOCK_N - 1, times factor; -inf where a block is not visible (j >= i // 16, or past the last
+    block). Depth k of the product reads the keys' feature[k] (where depth_ok[k])."""
     j = j0 + tl.arange(0, BLOCK_N)
-    ck = tl.load(_row_ptrs(ck_base, 0, j, cols, 0, sc_n, sc_d), mask=(j < num_blocks)[:, None] & col_ok, other=0.0)
-    s = dot(q_mean, tl.trans(ck.to(tl.float32)), DOT)
+    ck = tl.load(ck_base + j[None, :] * sc_n + feature[:, None] * sc_d, mask=(j < num_blocks)[None, :] & depth_ok[:, None],
+                 other=0.0)  # fmt: skip
+    s = dot(a, ck, DOT) * factor
     return tl.where(j[None, :] < own[:, None], s, float("-inf"))
 
 
@@ -115,33 +152,50 @@ def _select_fwd(
     sq_b, sq_h, sq_l, sq_d,
     sc_b, sc_g, sc_n, sc_d,
     length, num_blocks, kv_heads, scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr,
+    N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr, STACK_HEADS: tl.constexpr,
 ):  # fmt: skip
-    """Top-N visible blocks of a query tile x (batch, kv head) -> OUT [B, G, L, N] (int32, -1 unused)."""
+    """Top-N visible blocks of a query tile x (batch, kv head) -> OUT [B, G, L, N] (int32, -1 unused).
+
+    STACK_HEADS (fp16/bf16 inputs): the group's heads side by side along the product's depth
+    against the keys repeated, one dot in the inputs' dtype, products exact (fp32 sums, as the
+    reference's per-head logits); else the heads' mean in fp32, whose products are 3xTF32."""
     tile = tl.program_id(0)
     b = tl.program_id(1) // kv_heads
     g = tl.program_id(1) % kv_heads
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols[None, :] < HEAD_DIM
     row_ok = rows < length
-    q_ptrs = _row_ptrs(Q + b.to(tl.int64) * sq_b, g * GROUP, rows, cols, sq_h, sq_l, sq_d)
-    q_mean = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for h in tl.static_range(GROUP):
-        q_mean += tl.load(q_ptrs + h * sq_h, mask=row_ok[:, None] & col_ok, other=0.0).to(tl.float32)
-    q_mean = q_mean * (scale / GROUP)
+    q_base = Q + b.to(tl.int64) * sq_b + rows[:, None] * sq_l
+    if STACK_HEADS:
+        k = tl.arange(0, GROUP_P * BLOCK_D)
+        feature = k % BLOCK_D
+        depth_ok = (feature < HEAD_DIM) & (k // BLOCK_D < GROUP)
+        q_ptrs = q_base + (g * GROUP + k // BLOCK_D)[None, :] * sq_h + feature[None, :] * sq_d
+        a = tl.load(q_ptrs, mask=row_ok[:, None] & depth_ok[None, :], other=0.0)
+        factor = scale / GROUP
+    else:
+        feature = tl.arange(0, BLOCK_D)
+        depth_ok = feature < HEAD_DIM
+        q_ptrs = q_base + (g * GROUP * sq_h) + feature[None, :] * sq_d
+        a = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for h in tl.static_range(GROUP):
+            a += tl.load(q_ptrs + h * sq_h, mask=row_ok[:, None] & depth_ok[None, :], other=0.0).to(tl.float32)
+        a = a * (scale / GROUP)
+        factor = 1.0
     ck_base = CK + b.to(tl.int64) * sc_b + g * sc_g
 
     own = rows // _BLOCK  # block j is visible to query i iff 16j + 15 < i, i.e. j < i // 16
-    m = tl.full([BLOCK_M], _NULL_LOGIT, tl.float32)  # running max, seeded with the null logit
-    top_s = tl.full([BLOCK_M, N_PAD], float("-inf"), tl.float32)
-    top_j = tl.full([BLOCK_M, N_PAD], -1, tl.int32)
+    # column c of the chunks keeps the top N of blocks c, c + BLOCK_N, ...: per chunk only
+    # elementwise compares and selects (a top-N merge per chunk, N arg-max passes over the
+    # chunk, took ~85% of the kernel's time); the rows' top N is drawn from the columns once
+    vals = (tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),) * N
+    idx = (tl.full([BLOCK_M, BLOCK_N], -1, tl.int32),) * N
     last = tl.minimum(num_blocks, (tl.minimum((tile + 1) * BLOCK_M, length) - 1) // _BLOCK)
     for j0 in range(0, last, BLOCK_N):
-        s = _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_ok, BLOCK_N, DOT)
-        m = tl.maximum(m, tl.max(s, axis=1))
-        top_s, top_j = _merge_top(top_s, top_j, s, j0, N)
+        s = _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N, DOT)
+        vals, idx = _insert(vals, idx, s, j0 + tl.arange(0, BLOCK_N)[None, :], N)
+    m = tl.maximum(tl.max(vals[0], axis=1), _NULL_LOGIT)  # the max, with the null logit
+    top_s, top_j = _row_top(vals, idx, N, N_PAD)
 
     # A slot is kept iff its probability exp(s - m) / denom > KEEP_PROB, denom being the softmax
     # denominator relative to the max (null logit included): 1 <= denom <= visible blocks + 1.
@@ -155,7 +209,7 @@ def _select_fwd(
     if tl.max(open_slot.to(tl.int32)) > 0:
         denom = tl.exp(_NULL_LOGIT - m)
         for j0 in range(0, last, BLOCK_N):
-            s = _visible_logits(q_mean, ck_base, sc_n, sc_d, j0, num_blocks, own, cols, col_ok, BLOCK_N, DOT)
+            s = _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N, DOT)
             denom += tl.sum(tl.exp(s - m[:, None]), axis=1)
         keep = rel / denom[:, None] > _KEEP_PROB
     slot = tl.arange(0, N_PAD)
@@ -164,10 +218,12 @@ def _select_fwd(
 
 
 def _select_tiles(length: int, num_blocks: int) -> tuple[int, int]:
-    """(queries, blocks) per step, 16 at least (tl.dot). With 3xTF32 scores on an H100 at B=64,
-    L=4096 (4 warps): [64, 32] 0.27 ms, [64, 64] 0.28, [128, 32] 0.29, [32, 64] 0.47; exact
-    fp32 ("ieee") products took 0.51-0.95 ms. Tests shrink these to exercise the chunked merge."""
-    return min(64, max(16, triton.next_power_of_2(length))), min(32, max(16, triton.next_power_of_2(num_blocks)))
+    """(queries, blocks) per step, 16 at least (tl.dot). Blocks are the columns whose lists a
+    program keeps (2 n registers per column and row): H100, B = 64, bf16, 4 warps, L = 4096
+    (8192): [64, 16] 0.19 (0.54) ms, [128, 16] 0.21 (0.58), [64, 32] 0.25 (0.65), [32, 16] 0.26
+    (0.72), [128, 32] and [64, 64] 0.72-0.80 (2.2: spilled). Tests shrink these to exercise the
+    chunked loop."""
+    return min(64, max(16, triton.next_power_of_2(length))), 16
 
 
 def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = reference.NUM_SELECTED) -> Tensor:
@@ -187,11 +243,13 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     if n == 0:
         return out
     block_m, block_n = _select_tiles(length, num_blocks)
+    stack = q.dtype in (torch.float16, torch.bfloat16) and ck.dtype == q.dtype
     grid = (triton.cdiv(length, block_m), b * kv_heads)
     _select_fwd[grid](
         q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
-        GROUP=h // kv_heads, HEAD_DIM=d, BLOCK_D=_block_d(d), N=n, N_PAD=triton.next_power_of_2(n),
-        BLOCK_M=block_m, BLOCK_N=block_n, DOT=_dot_mode(torch.float32), num_warps=4,
+        GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=_block_d(d), N=n,
+        N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n, DOT=_dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack,
+        num_warps=4,
     )  # fmt: skip
     return out
 

@@ -72,18 +72,43 @@ SELECT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("shape", "num_selected"), SELECT_CASES)
-def test_select_matches_reference(shape, num_selected) -> None:
+def test_select_matches_reference(shape, num_selected, dtype) -> None:
+    """fp32 inputs take the heads' mean, bf16 ones the heads stacked along the product's depth
+    (a group of 3 padded to 4 in the (1, 6, 2, ...) case)."""
     b, h, g, length, d = shape
     gen = torch.Generator().manual_seed(length)
-    q = torch.randn(b, h, length, d, generator=gen)
-    ck = torch.randn(b, g, length // reference.BLOCK, d, generator=gen)
+    q = torch.randn(b, h, length, d, generator=gen).to(dtype)
+    ck = torch.randn(b, g, length // reference.BLOCK, d, generator=gen).to(dtype)
     assert_same_selection(select_blocks(q, ck, SCALE, num_selected), q, ck, num_selected)
 
 
-def test_select_merges_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """16-block chunks: the running top-n is merged across 3 chunks (nb = 37), inputs strided."""
-    monkeypatch.setattr(ltis_triton, "_select_tiles", lambda length, num_blocks: (64, 16))
+def test_select_fp16_matches_reference() -> None:
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 8, 500, 16, generator=gen).half()
+    ck = torch.randn(2, 2, 31, 16, generator=gen).half()
+    assert_same_selection(select_blocks(q, ck, SCALE, 4), q, ck, 4)
+
+
+@pytest.mark.parametrize("rising", [False, True])
+def test_select_one_column_holds_the_top(rising: bool) -> None:
+    """Blocks 2, 18, 34, 50 and 66 share column 2 of the 16-block chunks and beat every other
+    block: the row's top 4 all come from that column's list, in either arrival order, and the
+    fifth is left out."""
+    q, ck = _aligned(1100, -1, 0.0)
+    column = [2, 18, 34, 50, 66]
+    logits = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.5] if rising else [5.0, 4.0, 3.0, 2.0, 1.0])
+    ck[:, :, column, 0] = logits / SCALE
+    got = select_blocks(q, ck, SCALE, 4)
+    assert got[0, 0, 1099].tolist() == ([50, 34, 18, 2] if rising else [2, 18, 34, 50])
+    assert_same_selection(got, q, ck, 4)
+
+
+def test_select_small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-query tiles: many programs per sequence, each keeping its columns' lists across 3
+    chunks (nb = 37); inputs strided."""
+    monkeypatch.setattr(ltis_triton, "_select_tiles", lambda length, num_blocks: (16, 16))
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(1, 600, 4, 16, generator=gen).transpose(1, 2)
     ck = torch.randn(1, 16, 37, 2, generator=gen).permute(0, 3, 2, 1)
