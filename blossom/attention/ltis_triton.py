@@ -226,6 +226,14 @@ def _select_tiles(length: int, num_blocks: int) -> tuple[int, int]:
     return min(64, max(16, triton.next_power_of_2(length))), 16
 
 
+def _stacks_heads(q: Tensor, ck: Tensor) -> bool:
+    """Whether selection multiplies the group's heads side by side (fp16/bf16 q and ck, exact
+    products) rather than their fp32 mean (3xTF32). Faster at every head dim measured despite
+    the H/G times deeper product (H100, bf16, B = 64, H/G = 4, L = 4096: 0.57-0.82x the mean's
+    time at d = 16-128)."""
+    return q.dtype in (torch.float16, torch.bfloat16) and ck.dtype == q.dtype
+
+
 def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = reference.NUM_SELECTED) -> Tensor:
     """Top-n blocks per query and kv head, as reference.select_blocks(block_importance(q, ck)).
 
@@ -243,7 +251,7 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     if n == 0:
         return out
     block_m, block_n = _select_tiles(length, num_blocks)
-    stack = q.dtype in (torch.float16, torch.bfloat16) and ck.dtype == q.dtype
+    stack = _stacks_heads(q, ck)
     grid = (triton.cdiv(length, block_m), b * kv_heads)
     _select_fwd[grid](
         q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,

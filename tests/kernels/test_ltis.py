@@ -85,6 +85,7 @@ def test_select_matches_reference(shape, num_selected, dtype) -> None:
 
 
 def test_select_fp16_matches_reference() -> None:
+    """fp16 takes the stacked path as bf16 does, on fp16 tensor cores on a GPU."""
     gen = torch.Generator().manual_seed(7)
     q = torch.randn(2, 8, 500, 16, generator=gen).half()
     ck = torch.randn(2, 2, 31, 16, generator=gen).half()
