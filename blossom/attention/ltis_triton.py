@@ -256,8 +256,8 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     _select_fwd[grid](
         q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
         GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=_block_d(d), N=n,
-        N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n, DOT=_dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack,
-        num_warps=4,
+        N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT=_dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, num_warps=4,
     )  # fmt: skip
     return out
 

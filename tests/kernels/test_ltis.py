@@ -36,8 +36,8 @@ SCALE = 0.25
 
 def assert_same_selection(got: Tensor, q: Tensor, ck: Tensor, num_selected: int) -> None:
     """got equals the reference selection, except in slots where both picks' probabilities agree
-    to 1e-6 relative (an unused slot counts as probability KEEP_PROB); 1e-5 on a GPU, where the
-    kernel's logits are 3xTF32 products (relative error ~1e-6 per logit, up to ~2.5e-6 here)."""
+    to 1e-6 relative (an unused slot counts as probability KEEP_PROB); 1e-5 on a GPU, where fp32
+    inputs' logits are 3xTF32 products (relative error ~1e-6 per logit, up to ~2.5e-6 here)."""
     importance = reference.block_importance(q, ck, SCALE)
     want = reference.select_blocks(importance, num_selected)
     assert got.shape == want.shape and not got.is_floating_point()
