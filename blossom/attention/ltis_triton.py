@@ -7,13 +7,14 @@ compressed keys in chunks of 16 blocks; column c of the chunks keeps, in registe
 top n of blocks c, c + 16, ... (compares and selects per logit, no reduction: a row's top n lies
 in those lists, a column holding k of them holding them as its own top k), and the row's top n
 is drawn from the 16 lists once at the end. Nothing [L, L/16] is ever written. A top-n merge per
-chunk (n arg-max passes over it) took ~85% of the kernel's time before (H100, bf16, B = 64, in the
-layer: 0.25 -> 0.15 ms at L = 4096, 0.86 -> 0.49 ms at 8192). The logits are fp32 sums of exact products: for fp16 and
-bf16 inputs, one tensor-core dot of the group's heads side by side (depth H/G * d) against the
-keys repeated, the reference's per-head logits summed; for fp32 inputs, the heads' mean first
-(a mean of logits is the logit of the mean query) as 3xTF32 products (each operand split into a
-TF32 head and tail; relative error ~1e-6). Like any other fp32 summation order, that may order
-two blocks whose logits agree to ~1e-6 differently from the reference.
+chunk (n arg-max passes over it) took ~85% of the kernel's time before (H100, bf16, B = 64, in
+the layer: 0.25 -> 0.15 ms at L = 4096, 0.86 -> 0.49 ms at 8192). The logits are fp32 sums of
+exact products: for fp16 and bf16 inputs, one tensor-core dot of the group's heads side by side
+(depth H/G * d) against the keys repeated, the reference's per-head logits summed; for fp32
+inputs, the heads' mean first (a mean of logits is the logit of the mean query) as 3xTF32
+products (each operand split into a TF32 head and tail; relative error ~1e-6). Like any other
+fp32 summation order, that may order two blocks whose logits agree to ~1e-6 differently from
+the reference.
 
 Attention (`ltis_attention`): every query attends 16 keys per selected block plus its own block
 causally, one exact softmax over the union. Rows are (query, head) pairs of one GQA group, so
@@ -185,9 +186,8 @@ def _select_fwd(
     ck_base = CK + b.to(tl.int64) * sc_b + g * sc_g
 
     own = rows // _BLOCK  # block j is visible to query i iff 16j + 15 < i, i.e. j < i // 16
-    # column c of the chunks keeps the top N of blocks c, c + BLOCK_N, ...: per chunk only
-    # elementwise compares and selects (a top-N merge per chunk, N arg-max passes over the
-    # chunk, took ~85% of the kernel's time); the rows' top N is drawn from the columns once
+    # column c of the chunks keeps the sorted top N of blocks c, c + BLOCK_N, ... (the module
+    # docstring says why); the rows' top N is drawn from the columns once, after the loop
     vals = (tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),) * N
     idx = (tl.full([BLOCK_M, BLOCK_N], -1, tl.int32),) * N
     last = tl.minimum(num_blocks, (tl.minimum((tile + 1) * BLOCK_M, length) - 1) // _BLOCK)
@@ -200,8 +200,8 @@ def _select_fwd(
     # A slot is kept iff its probability exp(s - m) / denom > KEEP_PROB, denom being the softmax
     # denominator relative to the max (null logit included): 1 <= denom <= visible blocks + 1.
     # Those bounds decide almost every slot, so the exponentials of all the logits (one per
-    # logit, the loop's costliest step) are only computed, in a second pass, for a tile with a
-    # slot the bounds leave open. The margins (1e-3) dwarf fp32 rounding.
+    # logit) are only computed, in a second pass, for a tile with a slot the bounds leave open.
+    # The margins (1e-3) dwarf fp32 rounding.
     rel = tl.exp(top_s - m[:, None])
     bound = (tl.minimum(own, num_blocks) + 1).to(tl.float32)[:, None]
     keep = rel > _KEEP_PROB * 1.001 * bound
