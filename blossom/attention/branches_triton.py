@@ -3,9 +3,13 @@ and `attend`, the branches with the gate and the output projection, one Function
 backward folds the gate into the branches' backward kernels.
 
 Two Functions would each allocate dq, dk, dv and autograd would add them (three more kernels and
-three more buffers per step). Here the STIS backward kernels add their gradients into the LTIS
-ones in place (deterministic: LTIS writes, then STIS reads and adds), and the host walks one
-autograd node instead of two: at short L a step waits on the host, not on the GPU.
+three more buffers per step). Here the STIS backward runs first and writes dq (fp32 where LTIS's
+atomics follow), dk and dv; the LTIS kernels add theirs in place (dq with atomics, see ltis_triton),
+and the host walks one autograd node instead of two: at short L a step waits on the host, not on the
+GPU. Under the gate the STIS dq kernel also writes the LTIS branch's delta, gates and logits'
+gradient from the dO rows it holds, so LTIS's prep kernel does not run (H100, B = 64, bf16: the
+training step's GPU work 0.973-0.980x the LTIS-first order's at L = 512-8192,
+results/bench/README.md, session 11).
 """
 
 from __future__ import annotations
@@ -44,12 +48,22 @@ class _Branches(torch.autograd.Function):
 def _branches_backward(
     saved: tuple[Tensor, ...], scale: float, dltis: Tensor, dstis: Tensor, gate: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor, ...]:
-    """dq, dk, dv of both branches from what _Branches saves: LTIS writes, STIS adds in place.
+    """dq, dk, dv of both branches from what _Branches saves: STIS writes, LTIS adds in place.
     gate: (logits, their gradient) [B * L, 2H]; dltis and dstis are then both the mix's gradient.
-    dq is LTIS's (fp32 unless deterministic algorithms are on): the callers cast it."""
+    dq is fp32 where LTIS adds it with atomics (ltis_triton.uses_atomics), else in the inputs'
+    dtype: the callers cast it. LTIS's inverted index is built first, before any gradient buffer
+    exists: its sort's temporaries then never sit on top of them (the step's peak memory)."""
     q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = saved
-    grads = ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, scale, gate=gate)
-    return stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, scale, add_to=grads, gate=gate)
+    index = ltis_triton.inverted_index(block_idx, seq_len)
+    atomics = ltis_triton.uses_atomics()
+    prepared = None
+    if gate is not None and atomics:  # LTIS's delta and gates, written by the STIS dq kernel
+        prepared = torch.empty_like(ltis_lse), torch.empty_like(ltis_lse)
+    grads = stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, scale, gate=gate,
+                                        dq_dtype=torch.float32 if atomics else None,
+                                        ltis=(ltis, *prepared) if prepared else None)  # fmt: skip
+    return ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, scale, gate=gate,
+                                       add_to=grads, prepared=prepared, index=index)  # fmt: skip
 
 
 class _Attend(torch.autograd.Function):

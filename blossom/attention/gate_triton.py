@@ -76,6 +76,18 @@ def store_gate_grad(DGL, s_gt, s_gc, tok, channel, ok, dmix_dot_out, g):
 
 
 @triton.jit
+def gated_delta(delta, GL, DGL, GATE, DELTA, s_gt, s_gc, tok, channel, ok, grad_ok, offs):
+    """One branch's rows under its gate, given delta = sum_d(dmix * out): the gate g (branch_gate)
+    to GATE, g * delta to DELTA (offs index both, laid out like the logsumexp; the dk/dv kernel
+    reads them), the logits' gradient (store_gate_grad, where grad_ok); returns g."""
+    gate = branch_gate(GL, s_gt, s_gc, tok, channel, ok)
+    store_gate_grad(DGL, s_gt, s_gc, tok, channel, grad_ok, delta, gate)
+    tl.store(GATE + offs, gate, mask=ok)
+    tl.store(DELTA + offs, delta * gate, mask=ok)
+    return gate
+
+
+@triton.jit
 def _gate_fwd(
     LT, ST, GL, OUT,
     sl_b, sl_h, sl_l, sl_d,
@@ -175,16 +187,18 @@ def logit_strides(gl: Tensor | None) -> tuple[int, int]:
     return gl.stride() if gl is not None else (0, 0)
 
 
-def backward_gate_args(gate: tuple[Tensor, Tensor] | None, lse: Tensor) -> tuple[Tensor | None, ...]:
+def backward_gate_args(
+    gate: tuple[Tensor, Tensor] | None, lse: Tensor, allocate: bool = True
+) -> tuple[Tensor | None, ...]:
     """What a branch's backward kernels take for gate = (logits, their gradient), or None: (logits,
     gradient, the fp32 per-row gate buffer a branch's first backward kernel writes for its dk/dv
-    kernel (lse's shape), and the logits' strides, which index the gradient too)."""
+    kernel (lse's shape; None unless allocate), and the logits' strides, which index the gradient too)."""
     if gate is None:
         return None, None, None, logit_strides(None)
     gl, dgl = gate
     if dgl.stride() != gl.stride():
         raise ValueError(f"the logits' gradient must share their strides {gl.stride()}, got {dgl.stride()}")
-    return gl, dgl, torch.empty_like(lse), logit_strides(gl)
+    return gl, dgl, torch.empty_like(lse) if allocate else None, logit_strides(gl)
 
 
 def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:

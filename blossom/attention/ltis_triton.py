@@ -25,18 +25,19 @@ own query's 16 columns ([16, 16]: a quarter of the exponentials) and spreads the
 back for the tensor-core product with V. The own block is one [16, d] tile shared by the whole
 program (a 16-aligned tile never straddles blocks). The forward stores the fp32 logsumexp; the
 backward recomputes probabilities. dk/dv use an inverted index instead of atomics: the (query,
-block) pairs are sorted by block (one small kernel writes the sort keys, int16 where they fit,
-then torch.sort, stable, so the sums are deterministic), and one program per key block gathers
-its own block's 16 queries (causal), then every query that selected it, in chunks of 16
-queries x H/G heads: three small tensor-core dots per chunk against the block's K and V (an
-atomic scatter of dk/dv would issue B*H*L*n*16*d*2 fp32 atomics, ~4e9 at B=64, L=4096). dq
-comes from the same steps: a fourth dot per chunk, its [16 H/G, d] rows added to an fp32 dq
-with atomics (B*H*L*(n+1)*d, ~0.17e9 at that shape), after a small prep kernel has written
-delta and the gates and zeroed dq. That replaced a dq kernel that walked every query's slots
-again, gathering K and V a second time (H100, L = 4096: 0.89 ms for dq + dk/dv, 0.59 for prep +
-dk/dv). Atomics make dq's last bits depend on the order the adds land in; under
-torch.use_deterministic_algorithms that dq kernel runs instead (`_ltis_bwd_dq`, 1.16-1.22x the
-training step's time on an H100).
+block) pairs are sorted by block (one small kernel writes the sort keys, int16 where they fit, then
+torch.sort, stable, so the sums are deterministic), and one program per key block gathers its own
+block's 16 queries (causal), then every query that selected it, in chunks of 16 queries x H/G heads:
+three small tensor-core dots per chunk against the block's K and V (an atomic scatter of dk/dv would
+issue B*H*L*n*16*d*2 fp32 atomics, ~4e9 at B=64, L=4096). dq comes from the same steps: a fourth dot
+per chunk, its [16 H/G, d] rows added with atomics (B*H*L*(n+1)*d, ~0.17e9 at that shape) to the
+fp32 dq the STIS backward has written (both branches run first STIS, then LTIS, which adds its dq,
+dk and dv in place), after delta and the gates have been written: under the gate by the STIS dq
+kernel, which holds the same dO rows (`stis_triton._stis_bwd_dq`), else by a small prep kernel. That
+replaced a dq kernel that walked every query's slots again, gathering K and V a second time (H100, L
+= 4096: 0.89 ms for dq + dk/dv, 0.59 for prep + dk/dv). Atomics make dq's last bits depend on the
+order the adds land in; under torch.use_deterministic_algorithms that dq kernel runs instead
+(`_ltis_bwd_dq`, 1.16-1.22x the training step's time on an H100).
 
 Right padding: rows at or past seq_len[b] write exact zeros, load nothing, and give or receive
 no gradient; tiles wholly past it skip every slot. Keys at or past seq_len are never loaded, so
@@ -53,7 +54,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import backward_gate_args, branch_gate, store_gate_grad
+from blossom.attention.gate_triton import backward_gate_args, gated_delta
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -439,31 +440,28 @@ def _delta_and_gate(do, out, b, heads, queries, head_ok, row_ok, lse_offs, lengt
                     DELTA, GL, DGL, GATE, s_gt, s_gc):  # fmt: skip
     """delta = rowsum(dO * O) of rows (query, head), returned with the rows' gate g (1 without GL)
     and stored for the dk/dv kernel: as g * delta where dO is g times the mix's gradient DO (GL:
-    the [B * L, 2H] logits), g then also to GATE (laid out like DELTA) and the logits' gradient
-    of channel 2h to DGL."""
+    the [B * L, 2H] logits; gate_triton.gated_delta, channel 2h)."""
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), axis=1)
-    gate = tl.full(delta.shape, 1.0, tl.float32)
     if GL is not None:
-        tok = b * length + queries
-        gate = branch_gate(GL, s_gt, s_gc, tok, 2 * heads, row_ok)
-        store_gate_grad(DGL, s_gt, s_gc, tok, 2 * heads, head_ok & (queries < length), delta, gate)
-        tl.store(GATE + lse_offs, gate, mask=row_ok)
-    tl.store(DELTA + lse_offs, delta * gate, mask=row_ok)
+        gate = gated_delta(delta, GL, DGL, GATE, DELTA, s_gt, s_gc, b * length + queries, 2 * heads, row_ok,
+                           head_ok & (queries < length), lse_offs)  # fmt: skip
+    else:
+        gate = tl.full(delta.shape, 1.0, tl.float32)
+        tl.store(DELTA + lse_offs, delta, mask=row_ok)
     return delta, gate
 
 
 @triton.jit
 def _ltis_bwd_prep(
-    O, DO, DQ, DELTA, GL, DGL, GATE, SEQ_LEN,
+    O, DO, DELTA, GL, DGL, GATE, SEQ_LEN,
     so_b, so_h, so_l, so_d,
     sdo_b, sdo_h, sdo_l, sdo_d,
     s_gt, s_gc, length, kv_heads,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """Before the dk/dv kernel adds dq (the atomics path): delta and the gates (_delta_and_gate)
-    of BLOCK_Q queries x (batch, kv head), and their rows of DQ (fp32, O's strides) zeroed, so
-    no separate fill is launched."""
+    """Before the dk/dv kernel adds dq (the atomics path, where the STIS dq kernel has not done
+    it): delta and the gates (_delta_and_gate) of BLOCK_Q queries x (batch, kv head)."""
     tile, b, g, n_valid, queries, heads, head_ok, row_ok, cols, col_ok = _query_program(
         SEQ_LEN, length, kv_heads, GROUP, GROUP_P, BLOCK_Q, HEAD_DIM, BLOCK_D)
     b64 = b.to(tl.int64)
@@ -471,9 +469,6 @@ def _ltis_bwd_prep(
     out = tl.load(_row_ptrs(O + b64 * so_b, heads, queries, cols, so_h, so_l, so_d), mask=row_ok[:, None] & col_ok, other=0.0)
     lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
     _delta_and_gate(do, out, b, heads, queries, head_ok, row_ok, lse_offs, length, DELTA, GL, DGL, GATE, s_gt, s_gc)
-    in_range = head_ok & (queries < length)
-    dq_ptrs = _row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
-    tl.store(dq_ptrs, tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32), mask=in_range[:, None] & col_ok)
 
 
 @triton.jit
@@ -487,11 +482,12 @@ def _ltis_bwd_dq(
     sdo_b, sdo_h, sdo_l, sdo_d,
     s_gt, s_gc, length, n_slots, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     """dq of BLOCK_Q queries x (batch, kv head), walking the slots like the forward: the
     deterministic path (torch.use_deterministic_algorithms), no atomics. Also writes delta
-    (_delta_and_gate) for the dk/dv kernel, as _ltis_bwd_prep does on the atomics path. DQ has O's strides.
+    (_delta_and_gate) for the dk/dv kernel, as _ltis_bwd_prep does on the atomics path. DQ has O's
+    strides; ACCUMULATE: add to what it holds (the STIS branch's dq).
     GL (if not None): DO is the gated mix's gradient, and this branch's dO is its gate g (channel
     2h of the [B * L, 2H] logits GL) times it, formed here in registers, rounded to the input dtype
     for the tensor-core products (the values a gate kernel would have stored). The logits' gradient
@@ -532,7 +528,10 @@ def _ltis_bwd_dq(
 
     in_range = head_ok & (queries < length)
     dq_ptrs = _row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=in_range[:, None] & col_ok)
+    dq = dq * scale
+    if ACCUMULATE:
+        dq += tl.load(dq_ptrs, mask=in_range[:, None] & col_ok, other=0.0).to(tl.float32)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=in_range[:, None] & col_ok)
 
 
 @triton.jit
@@ -581,7 +580,7 @@ def _ltis_bwd_dkdv(
     sdk_b, sdk_g, sdk_l, sdk_d,
     length, num_blocks, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT: tl.constexpr, N_SLOTS: tl.constexpr,
+    DOT: tl.constexpr, N_SLOTS: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     """dk, dv of key block j x (batch, kv head): its own 16 queries (causal), then every query
     that selected it (the inverted index), 16 queries x all the group's heads per step.
@@ -590,9 +589,10 @@ def _ltis_bwd_dkdv(
     H100 at L = 4096 (B=64, bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; with four
     still the fastest (results/bench/raw-2026-11-26-session9/sweep_dkdv_dq_h100.txt); 4 warps for
     larger tiles.
-    GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _ltis_bwd_dq or
-    _ltis_bwd_prep wrote. DQ (if not None): fp32 [B, H, L, d] that every step adds its rows' dq
-    to, atomically (the atomics path: no dq kernel, which gathered K and V again)."""
+    GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _ltis_bwd_dq,
+    _ltis_bwd_prep or the STIS dq kernel wrote. DQ (if not None): fp32 [B, H, L, d] that every step
+    adds its rows' dq to, atomically (the atomics path: no dq kernel, which gathered K and V
+    again). ACCUMULATE: add dk and dv to what DK and DV hold (the STIS branch's)."""
     j = tl.program_id(0)
     bg = tl.program_id(1)
     b = bg // kv_heads
@@ -638,7 +638,11 @@ def _ltis_bwd_dkdv(
 
     out_ptrs = _row_ptrs(b64 * sdk_b, g, keys, cols, sdk_g, sdk_l, sdk_d)
     out_ok = (keys < length)[:, None] & col_ok
-    tl.store(DK + out_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=out_ok)
+    dk = dk * scale
+    if ACCUMULATE:
+        dk += tl.load(DK + out_ptrs, mask=out_ok, other=0.0).to(tl.float32)
+        dv += tl.load(DV + out_ptrs, mask=out_ok, other=0.0).to(tl.float32)
+    tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=out_ok)
     tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
@@ -742,56 +746,78 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: fl
     return out, lse
 
 
+def inverted_index(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The dk/dv kernel's CSR (_invert), or an empty one where no block is selectable."""
+    if block_idx.shape[3] and block_idx.shape[2] >= reference.BLOCK:
+        return _invert(block_idx, seq_len)
+    empty = torch.zeros(1, device=block_idx.device, dtype=torch.int32)
+    return empty, empty.long()
+
+
+def uses_atomics() -> bool:
+    """True where the backward adds dq with atomics: unless torch.use_deterministic_algorithms is on."""
+    return not torch.are_deterministic_algorithms_enabled()
+
+
 def launch_backward(
     q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor,
     dout: Tensor, scale: float, gate: tuple[Tensor, Tensor] | None = None,
+    add_to: tuple[Tensor, Tensor, Tensor] | None = None, prepared: tuple[Tensor, Tensor] | None = None,
+    index: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv (laid out like the forward's output and [B, L, G, d]) from the forward's
     output and logsumexp. gate = (logits, their gradient), both [B * L, 2H] with one layout: dout
     is then the gated mix's gradient, the kernels apply this branch's gate (channels 2h) to its
     products and write those channels of the logits' gradient (no gate kernel, no dO buffer).
+    add_to: the STIS branch's (dq, dk, dv), laid out like these, which the kernels add to in place
+    and return. prepared (with gate, where uses_atomics()): the (delta, gates) buffers the STIS dq
+    kernel has written for this branch, with the logits' gradient; the prep kernel is then skipped.
+    index: inverted_index(block_idx, seq_len), if the caller built it already.
 
-    dq is fp32 whatever the inputs' dtype: the dk/dv kernel adds each pair's dq with fp32 atomics
-    (the module docstring says why and what it saves), so its last bits may change from run to
-    run; under torch.use_deterministic_algorithms the dq kernel runs instead (dq in the inputs'
-    dtype, bit for bit reproducible). Callers cast dq once, after the other branch has added its
-    part."""
+    Where uses_atomics(), the dk/dv kernel adds each pair's dq with fp32 atomics (the module
+    docstring says why and what it saves) to add_to's dq, which must then be fp32, or to a
+    zeroed fp32 dq; its last bits may change from run to run. Otherwise the dq kernel runs
+    instead, bit for bit reproducible (dq in the inputs' dtype without add_to). Callers cast dq."""
     b, h, length, _ = q.shape
     kv_heads, n_slots = k.shape[1], block_idx.shape[3]
     qk_scale = scale * LOG2E.value
     meta = _meta(q, kv_heads)
-    delta = torch.empty_like(lse)
-    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
-    if torch.are_deterministic_algorithms_enabled():
-        dq = empty_blhd(q, h)  # same shape and layout as out: shares its strides
+    if add_to is not None and (add_to[0].stride() != out.stride() or add_to[1].stride() != add_to[2].stride()):
+        raise ValueError("add_to must be laid out like the branch's own gradients (dq like the output, dk like dv)")
+    if prepared is not None and (gate is None or not uses_atomics()):
+        raise ValueError("prepared rows are the gated atomics path's (the dq kernel writes its own)")
+    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse, allocate=prepared is None)
+    delta, gates = prepared or (torch.empty_like(lse), gates)
+    if not uses_atomics():
+        dq = add_to[0] if add_to is not None else empty_blhd(q, h)  # laid out like out: shares its strides
         _ltis_bwd_dq[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
             q, k, v, block_idx, seq_len, out, dout, dq, lse, delta, gl, dgl, gates,
             *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),
-            *gate_strides, length, n_slots, kv_heads, qk_scale, scale, **meta,
+            *gate_strides, length, n_slots, kv_heads, qk_scale, scale, **meta, ACCUMULATE=add_to is not None,
         )  # fmt: skip
         add_dq = None
     else:
-        dq = add_dq = empty_blhd(q, h, torch.float32)
-        prep = {name: meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D")}
-        block_q = max(1, _PREP_ROWS // meta["GROUP_P"])
-        _ltis_bwd_prep[(triton.cdiv(length, block_q), b * kv_heads)](
-            out, dout, dq, delta, gl, dgl, gates, seq_len, *out.stride(), *dout.stride(), *gate_strides,
-            length, kv_heads, **prep, BLOCK_Q=block_q, num_warps=4,
-        )  # fmt: skip
+        dq = add_dq = add_to[0] if add_to is not None else empty_blhd(q, h, torch.float32).zero_()
+        if dq.dtype != torch.float32:
+            raise ValueError(f"the atomics add dq in fp32; add_to's dq is {dq.dtype}")
+        if prepared is None:
+            prep = {name: meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D")}
+            block_q = max(1, _PREP_ROWS // meta["GROUP_P"])
+            _ltis_bwd_prep[(triton.cdiv(length, block_q), b * kv_heads)](
+                out, dout, delta, gl, dgl, gates, seq_len, *out.stride(), *dout.stride(), *gate_strides,
+                length, kv_heads, **prep, BLOCK_Q=block_q, num_warps=4,
+            )  # fmt: skip
 
-    if n_slots and length >= reference.BLOCK:
-        offsets, order = _invert(block_idx, seq_len)
-    else:  # nothing selectable: only the own blocks
-        offsets = torch.zeros(1, device=q.device, dtype=torch.int32)
-        order = torch.zeros(1, device=q.device, dtype=torch.int64)
-    dk, dv = empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
+    offsets, order = index or inverted_index(block_idx, seq_len)
+    dk, dv = add_to[1:] if add_to is not None else (empty_blhd(k, kv_heads), empty_blhd(v, kv_heads))
     meta = {name: meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
     step_bytes = reference.BLOCK * meta["GROUP_P"] * meta["BLOCK_D"] * q.element_size()  # q or dO rows of a step
     _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
         q, k, v, dout, add_dq, dk, dv, lse, delta, gates, seq_len, offsets, order,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *(dq.stride() if add_dq is not None else (0,) * 4),
         *dk.stride(), length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, scale,
-        **meta, N_SLOTS=max(n_slots, 1), num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
+        **meta, N_SLOTS=max(n_slots, 1), ACCUMULATE=add_to is not None,
+        num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
     )  # fmt: skip
     return dq, dk, dv
 

@@ -26,7 +26,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.gate_triton import (
-    backward_gate_args, branch_gate, gate_values, logit_strides, mix_tile, store_gate_grad,
+    backward_gate_args, gate_values, gated_delta, logit_strides, mix_tile,
 )
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
 
@@ -126,7 +126,7 @@ def _stis_fwd(
 
 @triton.jit
 def _stis_bwd_dq(
-    Q, K, V, O, DO, DQ, LSE, DELTA, SEQ_LEN, GL, DGL, GATE,
+    Q, K, V, O, DO, DQ, LSE, DELTA, SEQ_LEN, GL, DGL, GATE, LT, DELTA_L, GATE_L,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
@@ -134,13 +134,13 @@ def _stis_bwd_dq(
     sdo_b, sdo_h, sdo_l, sdo_d,
     s_gt, s_gc, length, num_offsets, kv_heads, scale, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dq for one query tile x (batch, kv head), walking the offsets like the forward.
 
     Also writes delta = rowsum(dO * O), which the dk/dv kernel needs: computing it here saves a
-    separate pass over dO and O. DQ has O's strides. ACCUMULATE: add to what DQ holds (the
-    other branch's dq) instead of overwriting it. K and V tiles are loaded as [heads, rows, d]
+    separate pass over dO and O. DQ has O's strides, in the dtype the caller chose (fp32 where
+    the LTIS backward adds its dq with atomics next). K and V tiles are loaded as [heads, rows, d]
     with a zero head stride, already in the layout of q: the lanes of a row's heads load the
     same addresses, and no offset pays a layout change through shared memory (the backward took
     0.92-0.94x as long on an H100; the forward's 32-row tiles got 2-4% slower that way).
@@ -148,6 +148,10 @@ def _stis_bwd_dq(
     2h + 1 of the [B * L, 2H] logits GL) times it, formed here in fp32 registers only. The logits'
     gradient of that channel goes to DGL, g (fp32, laid out like LSE) to GATE for the dk/dv kernel,
     which scales its probabilities and dp by it (no sigmoid per row and offset there).
+    LT (if not None, with GL): the LTIS output (O's strides), whose dO is the same mix's gradient
+    times its own gate (channel 2h): this kernel also writes what LTIS's prep kernel would, that
+    branch's gates to GATE_L, g * delta to DELTA_L and its channel of DGL, from the dO rows it
+    holds (one launch and one pass over the mix's gradient less).
     """
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
@@ -168,12 +172,17 @@ def _stis_bwd_dq(
     delta = tl.sum(do * out, axis=2)
     if GL is not None:
         tok, channel = (b * length + rows)[None, :], (2 * (g * GROUP + heads) + 1)[:, None]
-        gate = branch_gate(GL, s_gt, s_gc, tok, channel, row_mask)
-        store_gate_grad(DGL, s_gt, s_gc, tok, channel, (heads < GROUP)[:, None] & (rows < length)[None, :], delta, gate)
-        tl.store(GATE + lse_offs, gate, mask=row_mask)
+        grad_ok = (heads < GROUP)[:, None] & (rows < length)[None, :]
+        if LT is not None:
+            lt_ptrs = _head_ptrs(LT + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+            lt = tl.load(lt_ptrs, mask=qmask, other=0.0).to(tl.float32)
+            gated_delta(tl.sum(do * lt, axis=2), GL, DGL, GATE_L, DELTA_L, s_gt, s_gc, tok, channel - 1, row_mask,
+                        grad_ok, lse_offs)  # fmt: skip
+        gate = gated_delta(delta, GL, DGL, GATE, DELTA, s_gt, s_gc, tok, channel, row_mask, grad_ok, lse_offs)
         do = do * gate[:, :, None]
         delta = delta * gate
-    tl.store(DELTA + lse_offs, delta, mask=row_mask)
+    else:
+        tl.store(DELTA + lse_offs, delta, mask=row_mask)
     k_ptrs = _head_ptrs(K + b * sk_b + g * sk_h, heads, rows, cols, 0, sk_l, sk_d)
     v_ptrs = _head_ptrs(V + b * sv_b + g * sv_h, heads, rows, cols, 0, sv_l, sv_d)
 
@@ -192,10 +201,7 @@ def _stis_bwd_dq(
 
     out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
     dq_ptrs = _head_ptrs(DQ + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    dq = dq * scale
-    if ACCUMULATE:
-        dq += tl.load(dq_ptrs, mask=out_mask, other=0.0).to(tl.float32)
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -208,11 +214,10 @@ def _stis_bwd_dkdv(
     sdk_b, sdk_h, sdk_l, sdk_d,
     length, num_offsets, kv_heads, scale, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
-    group's heads, so each program owns its output rows (DK and DV share strides). ACCUMULATE:
-    add to what DK and DV hold (the other branch's gradients). GATE (if not None): DO is the mix's
+    group's heads, so each program owns its output rows (DK and DV share strides). GATE (if not None): DO is the mix's
     gradient, and GATE the rows' gates _stis_bwd_dq wrote, which scale the probabilities and dp."""
     s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
@@ -254,13 +259,8 @@ def _stis_bwd_dkdv(
 
     out_mask = (keys < length)[:, None] & col_ok[None, :]
     offs = _row_ptrs(b * sdk_b + g * sdk_h, keys, cols, sdk_l, sdk_d)
-    dk = tl.sum(dk, axis=0) * scale
-    dv = tl.sum(dv, axis=0)
-    if ACCUMULATE:
-        dk += tl.load(DK + offs, mask=out_mask, other=0.0).to(tl.float32)
-        dv += tl.load(DV + offs, mask=out_mask, other=0.0).to(tl.float32)
-    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=out_mask)
+    tl.store(DK + offs, (tl.sum(dk, axis=0) * scale).to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + offs, tl.sum(dv, axis=0).to(DV.dtype.element_ty), mask=out_mask)
 
 
 def _config(length: int, group_p: int, block_d: int) -> tuple[int, int, int]:
@@ -326,25 +326,27 @@ def _launch_forward(
 
 def launch_backward(
     q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor, dout: Tensor, scale: float,
-    add_to: tuple[Tensor, Tensor, Tensor] | None = None, gate: tuple[Tensor, Tensor] | None = None,
+    gate: tuple[Tensor, Tensor] | None = None, dq_dtype: torch.dtype | None = None,
+    ltis: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv from the forward's output and logsumexp. add_to: the other branch's (dq, dk,
-    dv), laid out like this branch's gradients, which the kernels add to in place and return:
-    no separate sum of the two branches' gradients (three kernels and three buffers less); each
-    keeps its dtype (LTIS's dq is fp32, its atomics' accumulator). gate: as
-    ltis_triton.launch_backward's, for this branch's channels 2h + 1."""
+    """dq (in dq_dtype, else the inputs'), dk, dv from the forward's output and logsumexp, laid
+    out like the output and [B, L, G, d]: the LTIS backward adds its gradients to them in place
+    (no separate sum of the branches' gradients). gate: as ltis_triton.launch_backward's, for
+    this branch's channels 2h + 1. ltis (with gate): (LTIS output, delta and gate buffers shaped
+    like lse), for which the dq kernel writes what LTIS's prep kernel would (_stis_bwd_dq)."""
     b, kv_heads, length, _ = k.shape
-    if add_to is not None and (add_to[0].stride() != out.stride() or add_to[1].stride() != add_to[2].stride()):
-        raise ValueError("add_to must be laid out like the branch's own gradients (dq like the output, dk like dv)")
-    dq, dk, dv = grads = add_to or (empty_blhd(q, q.shape[1]), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads))
+    lt, delta_l, gates_l = ltis or (None, None, None)
+    if lt is not None and (gate is None or lt.stride() != out.stride()):
+        raise ValueError("the LTIS output is prepared only under the gate, laid out like this branch's output")
+    dq, dk, dv = grads = empty_blhd(q, q.shape[1], dq_dtype), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
     delta = torch.empty_like(lse)
     common = (length, len(reference.stis_offsets(length)), kv_heads, scale, scale * LOG2E.value)
     _, block_bwd, meta = _meta(q, kv_heads)
-    meta.update(BLOCK=block_bwd, ACCUMULATE=add_to is not None)
+    meta.update(BLOCK=block_bwd)
     grid = (triton.cdiv(length, block_bwd), b * kv_heads)
     gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
     _stis_bwd_dq[grid](
-        q, k, v, out, dout, dq, lse, delta, seq_len, gl, dgl, gates,
+        q, k, v, out, dout, dq, lse, delta, seq_len, gl, dgl, gates, lt, delta_l, gates_l,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),
         *gate_strides, *common, **meta,
     )  # fmt: skip

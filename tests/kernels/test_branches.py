@@ -4,7 +4,7 @@ whose backward folds it into the branches' backward kernels.
 
 The outputs are checked through a fixed mix 0.75 * ltis - 1.5 * stis, so a swapped output or a
 gradient sent to the wrong branch fails, and dq, dk, dv must be the sum of both branches'
-gradients (the STIS kernels add theirs into the LTIS buffers in place). Flash-attention
+gradients (the LTIS kernels add theirs into the STIS buffers in place). Flash-attention
 tolerance rule (tolerance.py); CPU cases in the Triton interpreter, a gpu set of random shapes.
 """
 
@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from blossom.attention import reference, stis_triton
+from blossom.attention import ltis_triton, reference, stis_triton
 from blossom.attention.branches_triton import attend, both_branches
 from blossom.attention.gate_triton import gated_merge
 
 from .cases import BF16, F16, F32, check_branch, gpu_case, inputs, needs_cuda
 from .tolerance import assert_close_to_reference
-from .test_ltis import SCALE, check_padding_with_selection, make_block_idx
+from .test_ltis import SCALE, check_padding_with_selection, deterministic_algorithms, make_block_idx
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
@@ -60,13 +60,36 @@ def test_padding_is_never_read(device: str) -> None:
     check_padding_with_selection(lambda q, k, v, idx, n: _mix(*both_branches(q, k, v, idx, SCALE, n)), device)
 
 
+def _backward_inputs() -> tuple[Tensor, ...]:
+    """q, k, an output laid out [B, L, H, d] and its logsumexp, for the launchers' refusals."""
+    out = torch.zeros(1, 8, 4, 16).transpose(1, 2)
+    return torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16), out, torch.zeros(1, 4, 8)
+
+
 def test_accumulation_target_must_match_the_layout() -> None:
-    """Adding into buffers of another layout would scatter the sum: refused before any launch."""
-    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16)
-    out, lse = torch.zeros(1, 8, 4, 16).transpose(1, 2), torch.zeros(1, 4, 8)
-    wrong = (torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16))  # dq not laid out like out
+    """Adding into buffers of another layout would scatter the sum, into a 16-bit dq would drop the
+    atomics' fp32 sums: refused before any launch."""
+    q, k, out, lse = _backward_inputs()
+    block_idx = torch.zeros(1, 2, 8, reference.NUM_SELECTED, dtype=torch.int32)
+    dk = torch.zeros(1, 8, 2, 16).transpose(1, 2)
+    wrong = (torch.zeros(1, 4, 8, 16), dk, dk)  # dq not laid out like out
     with pytest.raises(ValueError, match="laid out"):
-        stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, add_to=wrong)
+        ltis_triton.launch_backward(q, k, k, block_idx, None, out, lse, out, SCALE, add_to=wrong)
+    with pytest.raises(ValueError, match="fp32"):
+        dq16 = torch.zeros_like(out, dtype=torch.bfloat16)
+        ltis_triton.launch_backward(q, k, k, block_idx, None, out, lse, out, SCALE, add_to=(dq16, dk, dk))
+
+
+def test_ltis_rows_are_prepared_only_under_the_gate() -> None:
+    """The STIS dq kernel writes LTIS's delta and gates only where LTIS's own kernels would not: with
+    the gate (its logits' gradient) and the atomics; elsewhere the offer is refused before any launch."""
+    q, k, out, lse = _backward_inputs()
+    rows = (torch.empty_like(lse), torch.empty_like(lse))
+    with pytest.raises(ValueError, match="under the gate"):
+        stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, ltis=(out, *rows))
+    block_idx = torch.zeros(1, 2, 8, reference.NUM_SELECTED, dtype=torch.int32)
+    with pytest.raises(ValueError, match="gated atomics path"):
+        ltis_triton.launch_backward(q, k, k, block_idx, None, out, lse, out, SCALE, prepared=rows)
 
 
 def test_logits_gradient_must_share_the_logits_layout() -> None:
@@ -152,8 +175,21 @@ def test_attend_checks_the_gate_inputs() -> None:
         attend(q, k, k, idx, SCALE, None, torch.zeros(1, 8, 8), torch.zeros(32, 16))
 
 
+@pytest.mark.parametrize(("shape", "dtype", "layout", "lengths"), [CPU_CASES[2], ((1, 6, 2, 20, 16), F32, "qkv", [20])])
+def test_deterministic_path_matches_reference(shape, dtype, layout, lengths) -> None:
+    """Under deterministic algorithms the LTIS dq kernel adds to the STIS branch's dq (no atomics,
+    and LTIS writes its own delta and gates): both branches and attend meet the tolerance rule."""
+    with deterministic_algorithms():
+        check_case(shape, dtype, layout, lengths, "cpu", seed=0)
+        check_attend(shape, dtype, layout, lengths, "cpu", seed=1)
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("index", range(12))
 def test_attend_gpu_random_shapes(index: int) -> None:
+    """12 random shapes; every fourth under deterministic algorithms as well (the other backward path)."""
     check_attend(*gpu_case(index, seed=3000), "cuda", seed=index)
+    if index % 4 == 0:
+        with deterministic_algorithms():
+            check_attend(*gpu_case(index, seed=3000), "cuda", seed=index)
