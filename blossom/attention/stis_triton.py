@@ -217,8 +217,9 @@ def _stis_bwd_dkdv(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
-    group's heads, so each program owns its output rows (DK and DV share strides). GATE (if not None): DO is the mix's
-    gradient, and GATE the rows' gates _stis_bwd_dq wrote, which scale the probabilities and dp."""
+    group's heads, so each program owns its output rows (DK and DV share strides). GATE (if not
+    None): DO is the mix's gradient, and GATE the rows' gates _stis_bwd_dq wrote, which scale the
+    probabilities and dp."""
     s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     keys = s0 + tl.arange(0, BLOCK)
