@@ -61,16 +61,16 @@ def test_padding_is_never_read(device: str) -> None:
 
 
 def _backward_inputs() -> tuple[Tensor, ...]:
-    """q, k, an output laid out [B, L, H, d] and its logsumexp, for the launchers' refusals."""
+    """q, k, an output laid out [B, L, H, d], its logsumexp and a block index, for the launchers' refusals."""
     out = torch.zeros(1, 8, 4, 16).transpose(1, 2)
-    return torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16), out, torch.zeros(1, 4, 8)
+    block_idx = torch.zeros(1, 2, 8, reference.NUM_SELECTED, dtype=torch.int32)
+    return torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16), out, torch.zeros(1, 4, 8), block_idx
 
 
 def test_accumulation_target_must_match_the_layout() -> None:
     """Adding into buffers of another layout would scatter the sum, into a 16-bit dq would drop the
     atomics' fp32 sums: refused before any launch."""
-    q, k, out, lse = _backward_inputs()
-    block_idx = torch.zeros(1, 2, 8, reference.NUM_SELECTED, dtype=torch.int32)
+    q, k, out, lse, block_idx = _backward_inputs()
     dk = torch.zeros(1, 8, 2, 16).transpose(1, 2)
     wrong = (torch.zeros(1, 4, 8, 16), dk, dk)  # dq not laid out like out
     with pytest.raises(ValueError, match="laid out"):
@@ -83,11 +83,10 @@ def test_accumulation_target_must_match_the_layout() -> None:
 def test_ltis_rows_are_prepared_only_under_the_gate() -> None:
     """The STIS dq kernel writes LTIS's delta and gates only where LTIS's own kernels would not: with
     the gate (its logits' gradient) and the atomics; elsewhere the offer is refused before any launch."""
-    q, k, out, lse = _backward_inputs()
+    q, k, out, lse, block_idx = _backward_inputs()
     rows = (torch.empty_like(lse), torch.empty_like(lse))
     with pytest.raises(ValueError, match="under the gate"):
         stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, ltis=(out, *rows))
-    block_idx = torch.zeros(1, 2, 8, reference.NUM_SELECTED, dtype=torch.int32)
     with pytest.raises(ValueError, match="gated atomics path"):
         ltis_triton.launch_backward(q, k, k, block_idx, None, out, lse, out, SCALE, prepared=rows)
 
