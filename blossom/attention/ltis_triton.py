@@ -526,12 +526,17 @@ def _ltis_bwd_dq(
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
         dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
-    in_range = head_ok & (queries < length)
-    dq_ptrs = _row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
-    dq = dq * scale
+    in_range = (head_ok & (queries < length))[:, None] & col_ok
+    _store_grad(_row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d), dq * scale, in_range, ACCUMULATE)
+
+
+@triton.jit
+def _store_grad(ptrs, grad, mask, ACCUMULATE: tl.constexpr):
+    """Store an fp32 gradient tile in the buffer's dtype; ACCUMULATE: added to what the buffer
+    holds (the STIS branch's gradient, which that branch's backward wrote first)."""
     if ACCUMULATE:
-        dq += tl.load(dq_ptrs, mask=in_range[:, None] & col_ok, other=0.0).to(tl.float32)
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=in_range[:, None] & col_ok)
+        grad += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(ptrs, grad.to(ptrs.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -638,12 +643,8 @@ def _ltis_bwd_dkdv(
 
     out_ptrs = _row_ptrs(b64 * sdk_b, g, keys, cols, sdk_g, sdk_l, sdk_d)
     out_ok = (keys < length)[:, None] & col_ok
-    dk = dk * scale
-    if ACCUMULATE:
-        dk += tl.load(DK + out_ptrs, mask=out_ok, other=0.0).to(tl.float32)
-        dv += tl.load(DV + out_ptrs, mask=out_ok, other=0.0).to(tl.float32)
-    tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=out_ok)
-    tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=out_ok)
+    _store_grad(DK + out_ptrs, dk * scale, out_ok, ACCUMULATE)
+    _store_grad(DV + out_ptrs, dv, out_ok, ACCUMULATE)
 
 
 @triton.jit
