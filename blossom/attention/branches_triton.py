@@ -1,6 +1,9 @@
 """Both sparse branches as one autograd Function: LTIS and STIS share q, k, v and their gradients;
 and `attend`, the branches with the gate and the output projection, one Function more, whose
-backward folds the gate into the branches' backward kernels.
+backward folds the gate into the branches' backward kernels. Forward, one kernel computes both
+branches (ltis_triton.launch_both_forward: the STIS rows scored in the LTIS programs, H100, B = 64,
+bf16: 0.88-0.91x the inference step's GPU work of separate kernels at L = 200-8192, 0.96-0.97x
+training's, results/bench/README.md, session 13).
 
 Two Functions would each allocate dq, dk, dv and autograd would add them (three more kernels and
 three more buffers per step). Here the STIS backward runs first and writes dq (fp32 where LTIS's
@@ -32,8 +35,7 @@ class _Branches(torch.autograd.Function):
     def forward(
         ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        ltis, ltis_lse = ltis_triton.launch_forward(q, k, v, block_idx, scale, seq_len)
-        stis, stis_lse = stis_triton.launch_forward(q, k, v, scale, seq_len)
+        ltis, ltis_lse, stis, stis_lse, _ = ltis_triton.launch_both_forward(q, k, v, block_idx, scale, seq_len)
         ctx.save_for_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse)
         ctx.scale = scale
         return ltis, stis
@@ -67,9 +69,9 @@ def _branches_backward(
 
 
 class _Attend(torch.autograd.Function):
-    """Branches, gate and projection for training: the STIS forward kernel writes the gated mix as
-    well as its output (no gate kernel, no second read of that output), and the host walks one
-    autograd node instead of two. Saves what _Branches and _GatedMerge would, not the mix: a model
+    """Branches, gate and projection for training: one forward kernel computes both branches and
+    writes the gated mix beside their outputs (ltis_triton.launch_both_forward: no gate kernel, no
+    second read of either output), and the host walks one autograd node instead of two. Saves what _Branches and _GatedMerge would, not the mix: a model
     holds every layer's saved tensors at once, and a mix per layer cost the ML-1M headline model
     400 MiB of peak (H100, 2 layers, B = 2048, L = 200, fp32). The backward recomputes the mix for
     the projection's weight gradient (the gate's forward kernel) and frees it; the branches'
@@ -85,8 +87,7 @@ class _Attend(torch.autograd.Function):
     ) -> Tensor:
         b, heads, length, _ = q.shape
         gl = gate_logits.reshape(b * length, 2 * heads).contiguous()  # the kernels index dgl with its strides
-        ltis, ltis_lse = ltis_triton.launch_forward(q, k, v, block_idx, scale, seq_len)
-        mix, stis, stis_lse = stis_triton.launch_forward_gated(q, k, v, scale, seq_len, ltis, gl, keep_branch=True)
+        ltis, ltis_lse, stis, stis_lse, mix = ltis_triton.launch_both_forward(q, k, v, block_idx, scale, seq_len, gl)
         ctx.save_for_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight)
         ctx.scale, ctx.logits_shape = scale, gate_logits.shape
         return F.linear(merge_heads(mix), weight.to(q.dtype))
@@ -120,9 +121,9 @@ def attend(
     weight: Tensor,
 ) -> Tensor:
     """gated_merge(*both_branches(q, k, v, block_idx, scale, seq_len), gate_logits, weight): [B, L, D],
-    the same values and gradients, with the gate fused into the STIS forward kernel
-    (stis_triton.launch_forward_gated). For inference that kernel writes only the mix: no STIS output
-    buffer, no logsumexps, no gate kernel.
+    the same values and gradients, with both branches and the gate in one forward kernel
+    (ltis_triton.launch_both_forward). For inference that kernel writes only the mix: no branch
+    output buffers, no logsumexps, no gate kernel.
     """
     ltis_triton.check_inputs(q, k, v, block_idx, seq_len)
     check_gate_args(tuple(q.shape), gate_logits, weight)
@@ -130,7 +131,7 @@ def attend(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gate_logits, weight)):
         return _Attend.apply(q, k, v, block_idx, scale, lengths, gate_logits, weight)
     b, heads, length, _ = q.shape
-    ltis, _ = ltis_triton.launch_forward(q, k, v, block_idx, scale, lengths)
-    mix, _, _ = stis_triton.launch_forward_gated(q, k, v, scale, lengths, ltis, gate_logits.reshape(b * length, 2 * heads))
-    del ltis  # before the projection's output: the inference peak stays below the unfused path's
+    mix = ltis_triton.launch_both_forward(
+        q, k, v, block_idx, scale, lengths, gate_logits.reshape(b * length, 2 * heads), keep_branches=False
+    ).mix
     return F.linear(merge_heads(mix), weight.to(q.dtype))

@@ -39,6 +39,18 @@ replaced a dq kernel that walked every query's slots again, gathering K and V a 
 order the adds land in; under torch.use_deterministic_algorithms that dq kernel runs instead
 (`_ltis_bwd_dq`, 1.16-1.22x the training step's time on an H100).
 
+Both branches' forward (`launch_both_forward`): the forward kernel also computes the STIS branch
+(stis_triton's contract) for the same rows, a second online softmax: the window's keys (one dense
+tile of the keys t0 - 8 .. t0 + BLOCK_Q - 1, every distance 0..8 of the program's queries), then
+its powers of two 16, 32, ... as slot tiles, query a owning columns 16a .. 16a + 15 as for a
+selected block (16 powers per slot tile: one tile up to L = 2^20). Under the gate it mixes both
+outputs and writes the mix; for inference nothing else. On an H100 (B = 64, bf16, L = 4096) the
+kernel took 0.57 ms where the LTIS forward and the STIS forward with the mix took 0.46 + 0.25; the
+layer's inference step's GPU work 0.88-0.91x at L = 200-8192, training's 0.96-0.97x
+(results/bench/README.md, session 13). A first version that scored all 44 STIS columns of a
+program in one [16, 64] tile (64 exponentials per row, at most 17 of them in its pattern) took
+0.66 ms.
+
 Right padding: rows at or past seq_len[b] write exact zeros, load nothing, and give or receive
 no gradient; tiles wholly past it skip every slot. Keys at or past seq_len are never loaded, so
 NaN there cannot leak into valid outputs.
@@ -46,6 +58,7 @@ NaN there cannot leak into valid outputs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import torch
 import triton
@@ -54,12 +67,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import backward_gate_args, gated_delta
+from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
 _NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
 _KEEP_PROB: tl.constexpr = tl.constexpr(reference.KEEP_PROB)
+_LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
 _MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp spill beyond this
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 
@@ -391,19 +405,52 @@ def _row_mask(ok, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
 
 
 @triton.jit
+def _stis_near_keys(t0, n_valid, BLOCK_Q: tl.constexpr, NEAR_P: tl.constexpr):
+    """Keys t0 - 8 .. t0 + BLOCK_Q - 1 [NEAR_P] (every distance 0 .. 8 of queries t0 .. t0 +
+    BLOCK_Q - 1: STIS's window and its first power of two) and where they exist."""
+    c = tl.arange(0, NEAR_P)
+    keys = t0 - _LOCAL + c
+    return keys, (c < BLOCK_Q + _LOCAL) & (keys >= 0) & (keys < n_valid)
+
+
+@triton.jit
+def _stis_far_keys(tile, step, n_far, BLOCK_Q: tl.constexpr):
+    """STIS's keys at distances 16, 32, ... as a slot tile [BLOCK_Q * 16] (query a owning columns
+    16a .. 16a + 15, as _slot_keys): the distances 16 << j, j = 16 step .. 16 step + 15, of the
+    n_far below L, and where they exist (keys < 0 do not; every key is below t0 <= seq_len, since
+    BLOCK_Q <= 16)."""
+    c = tl.arange(0, BLOCK_Q * _BLOCK)
+    j = step * _BLOCK + c % _BLOCK
+    keys = tile * BLOCK_Q + c // _BLOCK - ((2 * _LOCAL) << tl.minimum(j, 26))
+    return keys, (j < n_far) & (keys >= 0)
+
+
+@triton.jit
+def _normalise(acc, denom, row_ok):
+    """(output rows acc / denom, exact zeros where not row_ok; the denominators, 1 there)."""
+    denom = tl.where(row_ok, denom, 1.0)
+    return tl.where(row_ok[:, None], acc / denom[:, None], 0.0), denom
+
+
+@triton.jit
 def _ltis_fwd(
-    Q, K, V, IDX, SEQ_LEN, O, LSE,
+    Q, K, V, IDX, SEQ_LEN, O, LSE, SO, SLSE, GL, MIX,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_g, sk_l, sk_d,
     sv_b, sv_g, sv_l, sv_d,
     si_b, si_g, si_l, si_t,
     so_b, so_h, so_l, so_d,
-    length, n_slots, kv_heads, qk_scale,
+    s_gt, s_gc, length, n_slots, n_far, kv_heads, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr, STIS: tl.constexpr, NEAR_P: tl.constexpr,
 ):  # fmt: skip
-    """O and the logsumexp (log2 units) of BLOCK_Q queries x (batch, kv head): online softmax
-    over the selected slots, then the own block."""
+    """BLOCK_Q queries x (batch, kv head): O and the logsumexp LSE (log2 units) by an online
+    softmax over the selected slots, then the own block. STIS: the short-term branch of the same
+    rows as well, its own softmax over the window's keys (_stis_near_keys) and then its n_far
+    powers of two as slots (_stis_far_keys), its output to SO and logsumexp (natural log, as
+    stis_triton's) to SLSE; with MIX, both outputs mixed by the gates of GL ([B * L, 2H] logits)
+    as gate_triton's kernel mixes the stored outputs. O, LSE, SO and SLSE may then be None
+    (inference writes only the mix). O, SO and MIX share strides so_*."""
     tile, b, g, n_valid, queries, heads, head_ok, row_ok, cols, col_ok = _query_program(
         SEQ_LEN, length, kv_heads, GROUP, GROUP_P, BLOCK_Q, HEAD_DIM, BLOCK_D)
     b64 = b.to(tl.int64)
@@ -415,6 +462,7 @@ def _ltis_fwd(
     m = tl.full([BLOCK_Q * GROUP_P], -1.0e30, tl.float32)  # finite: fully masked slots stay NaN-free
     denom = tl.zeros([BLOCK_Q * GROUP_P], tl.float32)
     acc = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
+    m_s, denom_s, acc_s = m, denom, acc
     if tile * BLOCK_Q < n_valid:  # tiles past seq_len skip everything
         for t in range(n_slots):
             keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
@@ -425,14 +473,39 @@ def _ltis_fwd(
         k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
         m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
+        if STIS:  # its own softmax: the window (one dense tile), then the powers of two as slots
+            keys, ok = _stis_near_keys(tile * BLOCK_Q, n_valid, BLOCK_Q, NEAR_P)
+            k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+            gap = queries[:, None] - keys[None, :]
+            mask = (gap >= 0) & (gap <= _LOCAL) & ok[None, :] & row_ok[:, None]
+            m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
+            for step in range(0, tl.cdiv(n_far, _BLOCK)):
+                keys_f, ok_f = _stis_far_keys(tile, step, n_far, BLOCK_Q)  # new names: loop-carried types
+                k_f, v_f = _kv_rows(k_base, v_base, keys_f, ok_f, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+                mask_f = _row_mask(ok_f, BLOCK_Q, GROUP_P) & row_ok[:, None]
+                m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k_f, v_f, mask_f, qk_scale, DOT, True, BLOCK_Q,
+                                                GROUP_P)  # fmt: skip
 
-    denom = tl.where(row_ok, denom, 1.0)
-    out = tl.where(row_ok[:, None], acc / denom[:, None], 0.0)
+    out, denom = _normalise(acc, denom, row_ok)
     in_range = head_ok & (queries < length)
-    o_ptrs = _row_ptrs(O + b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None] & col_ok)
+    out_mask = in_range[:, None] & col_ok
+    o_offs = _row_ptrs(b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
     lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
-    tl.store(LSE + lse_offs, m + tl.log2(denom), mask=row_ok)
+    if O is not None:
+        tl.store(O + o_offs, out.to(O.dtype.element_ty), mask=out_mask)
+        tl.store(LSE + lse_offs, m + tl.log2(denom), mask=row_ok)
+    if STIS:
+        out_s, denom_s = _normalise(acc_s, denom_s, row_ok)
+        if SO is not None:
+            tl.store(SO + o_offs, out_s.to(SO.dtype.element_ty), mask=out_mask)
+            tl.store(SLSE + lse_offs, (m_s + tl.log2(denom_s)) / LOG2E, mask=row_ok)
+        if MIX is not None:  # both outputs as O and SO store them, mixed
+            tok = b * length + queries
+            g_l = branch_gate(GL, s_gt, s_gc, tok, 2 * heads, in_range)
+            g_s = branch_gate(GL, s_gt, s_gc, tok, 2 * heads + 1, in_range)
+            lt = out.to(MIX.dtype.element_ty).to(tl.float32)
+            st = out_s.to(MIX.dtype.element_ty).to(tl.float32)
+            tl.store(MIX + o_offs, (g_l[:, None] * lt + g_s[:, None] * st).to(MIX.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -734,17 +807,69 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Te
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
     """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]).
     seq_len as device_lengths gives it."""
-    b, h, length, d = q.shape
-    kv_heads = k.shape[1]
-    out = empty_blhd(q, h)
-    lse = torch.empty(b, h, length, device=q.device, dtype=torch.float32)  # rows < seq_len only
-    meta = _meta(q, kv_heads)
-    _ltis_fwd[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
-        q, k, v, block_idx, seq_len, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(),
-        length, block_idx.shape[3], kv_heads, scale * LOG2E.value, **meta,
-    )  # fmt: skip
+    out, lse = _branch_buffers(q)
+    _launch_forward(q, k, v, block_idx, scale, seq_len, (out, lse), None, None, None)
     return out, lse
+
+
+class BothForward(NamedTuple):
+    """What launch_both_forward writes: each branch's output and logsumexp as its own launcher
+    gives them (None where not kept), and the gated mix (None without gate logits)."""
+
+    ltis: Tensor | None
+    ltis_lse: Tensor | None
+    stis: Tensor | None
+    stis_lse: Tensor | None
+    mix: Tensor | None
+
+
+def launch_both_forward(
+    q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None,
+    gate_logits: Tensor | None = None, keep_branches: bool = True,
+) -> BothForward:
+    """Both branches in one kernel (the STIS rows scored in LTIS's programs, against the window's
+    tile and slot tiles of its powers of two): stis_triton.launch_forward's output and logsumexp beside this branch's,
+    and with gate_logits ([B * L, 2H]) their gated mix, laid out [B, L, H, d], as gate_triton's
+    kernel would mix the stored outputs. keep_branches=False (inference, with gate_logits):
+    only the mix is written."""
+    if not keep_branches and gate_logits is None:
+        raise ValueError("without gate logits there is no mix: keep the branches")
+    ltis, stis = (_branch_buffers(q), _branch_buffers(q)) if keep_branches else (None, None)
+    mix = empty_blhd(q, q.shape[1]) if gate_logits is not None else None
+    _launch_forward(q, k, v, block_idx, scale, seq_len, ltis, stis, gate_logits, mix)
+    return BothForward(*(ltis or (None, None)), *(stis or (None, None)), mix)
+
+
+def _branch_buffers(q: Tensor) -> tuple[Tensor, Tensor]:
+    """An output (laid out [B, L, H, d]) and fp32 logsumexp [B, H, L] (rows < seq_len written)."""
+    b, h, length, _ = q.shape
+    return empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
+
+
+def _stis_powers(length: int) -> int:
+    """STIS's distances 16, 32, ... below length (the slots of _stis_far_keys)."""
+    return max(0, len(reference.stis_offsets(length)) - (reference.LOCAL_WINDOW + 1))
+
+
+def _launch_forward(
+    q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None,
+    ltis: tuple[Tensor, Tensor] | None, stis: tuple[Tensor, Tensor] | None, gate_logits: Tensor | None,
+    mix: Tensor | None,
+) -> None:
+    """_ltis_fwd over every query tile; the outputs given (all laid out alike) are written."""
+    b, h, length, _ = q.shape
+    kv_heads = k.shape[1]
+    meta = _meta(q, kv_heads)
+    out, lse = ltis or (None, None)
+    stis_out, stis_lse = stis or (None, None)
+    written = next(x for x in (out, stis_out, mix) if x is not None)  # all empty_blhd's: one layout
+    with_stis = stis is not None or mix is not None
+    _ltis_fwd[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
+        q, k, v, block_idx, seq_len, out, lse, stis_out, stis_lse, gate_logits, mix,
+        *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *written.stride(), *logit_strides(gate_logits),
+        length, block_idx.shape[3], _stis_powers(length), kv_heads, scale * LOG2E.value, **meta, STIS=with_stis,
+        NEAR_P=triton.next_power_of_2(meta["BLOCK_Q"] + reference.LOCAL_WINDOW),
+    )  # fmt: skip
 
 
 def inverted_index(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:

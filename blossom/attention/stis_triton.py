@@ -7,9 +7,14 @@ loads one K/V tile per offset and scores it row-wise (d is tiny: multiply and su
 tensor cores), with an online softmax across offsets: no mask tensor, nothing L x L, memory
 linear in L. One program serves all query heads of a GQA group, so every K/V load feeds H / G
 heads. The offset loop is a runtime loop: unrolling it was ~6% faster on an H100 but compiles
-once per offset count (per power-of-two bucket of L). The backward recomputes probabilities from the stored logsumexp; dq walks the offsets
-like the forward, dk/dv walk them from the key side (key s receives from queries s + o), so no
-atomics are needed.
+once per offset count (per power-of-two bucket of L). The backward recomputes probabilities from
+the stored logsumexp; dq walks the offsets like the forward, dk/dv walk them from the key side
+(key s receives from queries s + o), so no atomics are needed.
+
+In the model (branches_triton) this forward kernel does not run: the LTIS forward kernel scores
+the same rows on tensor cores beside its own (ltis_triton.launch_both_forward), which took
+~0.12 ms at L = 4096 where this kernel takes 0.25 (H100, B = 64, bf16). This one serves
+stis_attention, the branch on its own.
 
 Right padding: rows at or past seq_len[b] write exact zeros, never load anything and give or
 receive no gradient; tiles wholly past it skip every offset.
@@ -25,9 +30,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.gate_triton import (
-    backward_gate_args, gate_values, gated_delta, logit_strides, mix_tile,
-)
+from blossom.attention.gate_triton import backward_gate_args, gated_delta
 from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
@@ -62,19 +65,17 @@ def _program(SEQ_LEN, length, kv_heads, BLOCK: tl.constexpr):
 
 @triton.jit
 def _stis_fwd(
-    Q, K, V, O, LSE, LT, GL, MIX, SEQ_LEN,
+    Q, K, V, O, LSE, SEQ_LEN,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_h, sk_l, sk_d,
     sv_b, sv_h, sv_l, sv_d,
     so_b, so_h, so_l, so_d,
-    s_gt, s_gc, length, num_offsets, kv_heads, qk_scale,
+    length, num_offsets, kv_heads, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """One query tile x (batch, kv head). O and LSE (None for inference when MIX is given): the
-    output of the group's query heads and their logsumexp (natural log). MIX (if not None): that
-    output, rounded to MIX's dtype as O stores it, mixed with the LTIS output LT by the sigmoid
-    gates of GL ([B * L, 2H] logits), as the gate kernel would. O, LT and MIX share strides so_*."""
+    """One query tile x (batch, kv head): O, the output of the group's query heads, and LSE,
+    their logsumexp (natural log)."""
     t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     rows = t0 + tl.arange(0, BLOCK)
@@ -110,18 +111,10 @@ def _stis_fwd(
     denom = tl.where(row_mask, denom, 1.0)
     out = tl.where(qmask, acc / denom[:, :, None], 0.0)
     out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
-    offs = _head_ptrs(b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    if O is not None:
-        tl.store(O + offs, out.to(O.dtype.element_ty), mask=out_mask)
-        tl.store(LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :],
-                 (m + tl.log2(denom)) / LOG2E, mask=row_mask)
-    if MIX is not None:  # the output as O stores it, mixed
-        stis = out.to(MIX.dtype.element_ty).to(tl.float32)
-        ltis = tl.load(LT + offs, mask=out_mask, other=0.0).to(tl.float32)
-        pair_ok = (rows < length)[:, None] & (heads < GROUP)[None, :]
-        g_l, g_s = gate_values(GL, s_gt, s_gc, b * length + rows, g * GROUP + heads, pair_ok)  # [BLOCK, heads]
-        mix = mix_tile(ltis, stis, tl.trans(g_l), tl.trans(g_s))
-        tl.store(MIX + offs, mix.to(MIX.dtype.element_ty), mask=out_mask)
+    o_ptrs = _head_ptrs(O + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=out_mask)
+    tl.store(LSE + (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :],
+             (m + tl.log2(denom)) / LOG2E, mask=row_mask)
 
 
 @triton.jit
@@ -281,48 +274,18 @@ def _check(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None) -> None:
 
 
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]).
-    seq_len as device_lengths gives it."""
-    out, lse = _branch_buffers(q)
-    _launch_forward(q, k, v, scale, seq_len, out, lse, None, None, None)
-    return out, lse
-
-
-def launch_forward_gated(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None, ltis: Tensor, gate_logits: Tensor,
-    keep_branch: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The gated mix of ltis (laid out [B, L, H, d]) and this branch's output, one kernel:
-    (mix [B, H, L, d] laid out [B, L, H, d], output, logsumexp). keep_branch (training): also the
-    branch's output and logsumexp as launch_forward gives them, else None. gate_logits [B * L, 2H];
-    seq_len as device_lengths gives it."""
-    mix = empty_blhd(q, q.shape[1])
-    if ltis.stride() != mix.stride():
-        raise ValueError("ltis must be laid out [B, L, H, d], as the LTIS kernel writes it")
-    out, lse = _branch_buffers(q) if keep_branch else (None, None)
-    _launch_forward(q, k, v, scale, seq_len, out, lse, ltis, gate_logits, mix)
-    return mix, out, lse
-
-
-def _branch_buffers(q: Tensor) -> tuple[Tensor, Tensor]:
-    """The output (laid out [B, L, H, d]) and fp32 logsumexp [B, H, L] (rows < seq_len written)."""
+    """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]
+    (rows < seq_len written)). seq_len as device_lengths gives it. Beside the LTIS branch, the LTIS
+    forward kernel computes this branch too (ltis_triton.launch_both_forward)."""
     b, h, length, _ = q.shape
-    return empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
-
-
-def _launch_forward(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None, out: Tensor | None, lse: Tensor | None,
-    ltis: Tensor | None, gate_logits: Tensor | None, mix: Tensor | None,
-) -> None:
-    """_stis_fwd over every query tile; out, ltis and mix (those given) are laid out alike."""
-    b, _, length, _ = q.shape
     kv_heads = k.shape[1]
+    out, lse = empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
     block_fwd, _, meta = _meta(q, kv_heads)
     _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
-        q, k, v, out, lse, ltis, gate_logits, mix, seq_len,
-        *q.stride(), *k.stride(), *v.stride(), *(out if out is not None else mix).stride(), *logit_strides(gate_logits),
+        q, k, v, out, lse, seq_len, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         length, len(reference.stis_offsets(length)), kv_heads, scale * LOG2E.value, BLOCK=block_fwd, **meta,
     )  # fmt: skip
+    return out, lse
 
 
 def launch_backward(

@@ -1,6 +1,6 @@
 """Both branches in one Function (blossom/attention/branches_triton.py) against the references,
-and `attend` (branches, gate, projection), whose forward fuses the gate into the STIS kernel and
-whose backward folds it into the branches' backward kernels.
+and `attend` (branches, gate, projection), whose forward computes both branches and the gate in
+one kernel and whose backward folds the gate into the branches' backward kernels.
 
 The outputs are checked through a fixed mix 0.75 * ltis - 1.5 * stis, so a swapped output or a
 gradient sent to the wrong branch fails, and dq, dk, dv must be the sum of both branches'
@@ -47,6 +47,7 @@ CPU_CASES = [  # L = 1 and 15: no selectable block, the LTIS backward skips the 
     ((2, 4, 2, 40, 16), F32, "qkv", [40, 9]),
     ((1, 2, 1, 20, 16), F16, "contiguous", None),
     ((1, 4, 2, 36, 16), BF16, "qkv", [30]),
+    ((2, 2, 2, 90, 16), F32, "contiguous", [90, 77]),  # H = G: 16 queries per program, a 32-key STIS window
 ]
 
 
@@ -111,10 +112,10 @@ def test_gpu_random_shapes(index: int) -> None:
 
 def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
     """attend gives gated_merge(*both_branches) bit for bit without autograd (the gate fused into
-    the STIS forward) and, with it, the same output and projection weight gradient bit for bit; the
-    gradients of q, k, v and the gate logits, which its backward kernels compute with the gates
-    folded in (dO never rounded to the input dtype), meet the tolerance rule against the fp64 and
-    same-dtype references, and are exactly 0 past seq_len."""
+    the branches' forward kernel) and, with it, the same output and projection weight gradient
+    bit for bit; the gradients of q, k, v and the gate logits, which its backward kernels compute
+    with the gates folded in (dO never rounded to the input dtype), meet the tolerance rule
+    against the fp64 and same-dtype references, and are exactly 0 past seq_len."""
     q, k, v = inputs(shape, dtype, layout, device, seed)
     b, h, _, length, d = shape
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -163,6 +164,13 @@ def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: s
 ])
 def test_attend_fuses_the_gate(shape, dtype, layout, lengths) -> None:
     check_attend(shape, dtype, layout, lengths, "cpu", seed=1)
+
+
+def test_both_forward_keeps_the_branches_without_a_gate() -> None:
+    q, k = torch.zeros(1, 4, 32, 16), torch.zeros(1, 2, 32, 16)
+    idx = torch.full((1, 2, 32, 2), -1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="no mix"):
+        ltis_triton.launch_both_forward(q, k, k, idx, SCALE, None, keep_branches=False)
 
 
 def test_attend_checks_the_gate_inputs() -> None:
