@@ -828,10 +828,10 @@ def launch_both_forward(
     gate_logits: Tensor | None = None, keep_branches: bool = True,
 ) -> BothForward:
     """Both branches in one kernel (the STIS rows scored in LTIS's programs, against the window's
-    tile and slot tiles of its powers of two): stis_triton.launch_forward's output and logsumexp beside this branch's,
-    and with gate_logits ([B * L, 2H]) their gated mix, laid out [B, L, H, d], as gate_triton's
-    kernel would mix the stored outputs. keep_branches=False (inference, with gate_logits):
-    only the mix is written."""
+    tile and slot tiles of its powers of two): stis_triton.launch_forward's output and logsumexp
+    beside this branch's, and with gate_logits ([B * L, 2H]) their gated mix, laid out [B, L, H,
+    d], as gate_triton's kernel would mix the stored outputs. keep_branches=False (inference,
+    with gate_logits): only the mix is written."""
     if not keep_branches and gate_logits is None:
         raise ValueError("without gate logits there is no mix: keep the branches")
     ltis, stis = (_branch_buffers(q), _branch_buffers(q)) if keep_branches else (None, None)
@@ -857,7 +857,7 @@ def _launch_forward(
     mix: Tensor | None,
 ) -> None:
     """_ltis_fwd over every query tile; the outputs given (all laid out alike) are written."""
-    b, h, length, _ = q.shape
+    b, _, length, _ = q.shape
     kv_heads = k.shape[1]
     meta = _meta(q, kv_heads)
     out, lse = ltis or (None, None)
