@@ -71,14 +71,14 @@ def _branches_backward(
 class _Attend(torch.autograd.Function):
     """Branches, gate and projection for training: one forward kernel computes both branches and
     writes the gated mix beside their outputs (ltis_triton.launch_both_forward: no gate kernel, no
-    second read of either output), and the host walks one autograd node instead of two. Saves what _Branches and _GatedMerge would, not the mix: a model
-    holds every layer's saved tensors at once, and a mix per layer cost the ML-1M headline model
-    400 MiB of peak (H100, 2 layers, B = 2048, L = 200, fp32). The backward recomputes the mix for
-    the projection's weight gradient (the gate's forward kernel) and frees it; the branches'
-    backward kernels then read the mix's gradient and apply the gates themselves (the kernels
-    that score the pairs scale their probabilities and dp by the gate; the deterministic LTIS dq
-    kernel and the STIS dq kernel form dO in registers) and write the logits' gradient: no dO
-    buffer per branch."""
+    second read of either output), and the host walks one autograd node instead of two. Saves what
+    _Branches and _GatedMerge would, not the mix: a model holds every layer's saved tensors at once,
+    and a mix per layer cost the ML-1M headline model 400 MiB of peak (H100, 2 layers, B = 2048,
+    L = 200, fp32). The backward recomputes the mix for the projection's weight gradient (the gate's
+    forward kernel) and frees it; the branches' backward kernels then read the mix's gradient and
+    apply the gates themselves (the kernels that score the pairs scale their probabilities and dp by
+    the gate; the deterministic LTIS dq kernel and the STIS dq kernel form dO in registers) and
+    write the logits' gradient: no dO buffer per branch."""
 
     @staticmethod
     def forward(
