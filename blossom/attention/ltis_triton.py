@@ -68,7 +68,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
-from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length
+from blossom.attention.triton_common import (
+    LOG2E, branch_buffers, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length,
+)
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
 _NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
@@ -807,7 +809,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Te
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
     """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]).
     seq_len as device_lengths gives it."""
-    out, lse = _branch_buffers(q)
+    out, lse = branch_buffers(q)
     _launch_forward(q, k, v, block_idx, scale, seq_len, (out, lse), None, None, None)
     return out, lse
 
@@ -834,16 +836,10 @@ def launch_both_forward(
     with gate_logits): only the mix is written."""
     if not keep_branches and gate_logits is None:
         raise ValueError("without gate logits there is no mix: keep the branches")
-    ltis, stis = (_branch_buffers(q), _branch_buffers(q)) if keep_branches else (None, None)
+    ltis, stis = (branch_buffers(q), branch_buffers(q)) if keep_branches else (None, None)
     mix = empty_blhd(q, q.shape[1]) if gate_logits is not None else None
     _launch_forward(q, k, v, block_idx, scale, seq_len, ltis, stis, gate_logits, mix)
     return BothForward(*(ltis or (None, None)), *(stis or (None, None)), mix)
-
-
-def _branch_buffers(q: Tensor) -> tuple[Tensor, Tensor]:
-    """An output (laid out [B, L, H, d]) and fp32 logsumexp [B, H, L] (rows < seq_len written)."""
-    b, h, length, _ = q.shape
-    return empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
 
 
 def _stis_powers(length: int) -> int:

@@ -31,7 +31,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, gated_delta
-from blossom.attention.triton_common import LOG2E, check_gqa, device_lengths, empty_blhd, valid_length
+from blossom.attention.triton_common import LOG2E, branch_buffers, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
 _MAX_HEAD_DIM = 256  # per-row registers grow with d; beyond this a different tiling is needed
@@ -277,9 +277,9 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tenso
     """The forward kernel: (output [B, H, L, d] laid out [B, L, H, d], fp32 logsumexp [B, H, L]
     (rows < seq_len written)). seq_len as device_lengths gives it. Beside the LTIS branch, the LTIS
     forward kernel computes this branch too (ltis_triton.launch_both_forward)."""
-    b, h, length, _ = q.shape
+    b, _, length, _ = q.shape
     kv_heads = k.shape[1]
-    out, lse = empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
+    out, lse = branch_buffers(q)
     block_fwd, _, meta = _meta(q, kv_heads)
     _stis_fwd[(triton.cdiv(length, block_fwd), b * kv_heads)](
         q, k, v, out, lse, seq_len, *q.stride(), *k.stride(), *v.stride(), *out.stride(),

@@ -48,6 +48,13 @@ def empty_blhd(like: Tensor, heads: int, dtype: torch.dtype | None = None) -> Te
     return like.new_empty(b, length, heads, d, dtype=dtype).transpose(1, 2)
 
 
+def branch_buffers(q: Tensor) -> tuple[Tensor, Tensor]:
+    """A branch's output (empty_blhd: laid out [B, L, H, d]) and fp32 logsumexp [B, H, L], both
+    uninitialised (the kernels write the rows < seq_len of the logsumexp)."""
+    b, h, length, _ = q.shape
+    return empty_blhd(q, h), torch.empty(b, h, length, device=q.device, dtype=torch.float32)
+
+
 def check_gqa(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, max_head_dim: int) -> None:
     """Reject shapes and dtypes the kernels do not handle, with a message that says why."""
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
