@@ -74,6 +74,7 @@ def test_cli_profile_writes_csv_and_summary(tmp_path: Path, capsys: pytest.Captu
 def test_gpu_profile_shows_the_triton_kernels(tmp_path: Path) -> None:
     rows = run(tmp_path, impls=["blossom_triton"], device="cuda", dtype="bf16", seq_lens=[256])
     train = {r["kernel"] for r in cell(rows, "blossom_triton", "train")}
-    assert {"_select_fwd", "_ltis_fwd", "_stis_fwd", "_ltis_bwd_dkdv", "_stis_bwd_dq", "_stis_bwd_dkdv"} <= train
+    assert {"_select_fwd", "_ltis_fwd", "_ltis_bwd_dkdv", "_bwd_dq", "_stis_bwd_dkdv"} <= train
+    assert "_stis_fwd" not in train  # the LTIS forward kernel computes both branches
     assert "_ltis_bwd_prep" not in train  # under the gate the STIS dq kernel writes what it would
     assert rows[0]["device"] != "cpu" and all(float(r["time_us_per_step"]) > 0 for r in rows)

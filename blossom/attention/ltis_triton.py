@@ -32,12 +32,18 @@ three small tensor-core dots per chunk against the block's K and V (an atomic sc
 issue B*H*L*n*16*d*2 fp32 atomics, ~4e9 at B=64, L=4096). dq comes from the same steps: a fourth dot
 per chunk, its [16 H/G, d] rows added with atomics (B*H*L*(n+1)*d, ~0.17e9 at that shape) to the
 fp32 dq the STIS backward has written (both branches run first STIS, then LTIS, which adds its dq,
-dk and dv in place), after delta and the gates have been written: under the gate by the STIS dq
-kernel, which holds the same dO rows (`stis_triton._stis_bwd_dq`), else by a small prep kernel. That
-replaced a dq kernel that walked every query's slots again, gathering K and V a second time (H100, L
-= 4096: 0.89 ms for dq + dk/dv, 0.59 for prep + dk/dv). Atomics make dq's last bits depend on the
-order the adds land in; under torch.use_deterministic_algorithms that dq kernel runs instead
-(`_ltis_bwd_dq`, 1.16-1.22x the training step's time on an H100).
+dk and dv in place), after delta and the gates have been written: under the gate by the STIS
+branch's dq kernel, which holds the same dO rows, else by a small prep kernel. That replaced a dq
+kernel that walked every query's slots again, gathering K and V a second time (H100, L = 4096: 0.89
+ms for dq + dk/dv, 0.59 for prep + dk/dv). Atomics make dq's last bits depend on the order the adds
+land in; under torch.use_deterministic_algorithms that dq kernel runs instead (`_bwd_dq`,
+1.16-1.22x the training step's time on an H100).
+
+One dq kernel serves both branches (`_bwd_dq`, `launch_dq`): it walks LTIS's slots and own block,
+or STIS's keys as the forward does (below), with the same tensor-core steps. For STIS it replaced a
+kernel that walked the offsets on CUDA cores, 0.30 -> 0.27 ms at L = 4096 (H100, B = 64, bf16; the
+training step's GPU work 0.988x at L = 4096 and 8192, 1.01x at 512 and 1024, results/bench/README.md,
+session 14).
 
 Both branches' forward (`launch_both_forward`): the forward kernel also computes the STIS branch
 (stis_triton's contract) for the same rows, a second online softmax: the window's keys (one dense
@@ -76,7 +82,7 @@ _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
 _NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
 _KEEP_PROB: tl.constexpr = tl.constexpr(reference.KEEP_PROB)
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
-_MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp spill beyond this
+MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp spill beyond this
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 
 
@@ -261,8 +267,8 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     kv_heads, num_blocks = ck.shape[1], ck.shape[2]
     if ck.shape[0] != b or ck.shape[3] != d or h % kv_heads or num_blocks != length // reference.BLOCK:
         raise ValueError(f"q {tuple(q.shape)} and ck {tuple(ck.shape)} do not match")
-    if d > _MAX_HEAD_DIM:
-        raise ValueError(f"head dim must be <= {_MAX_HEAD_DIM}, got {d}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be <= {MAX_HEAD_DIM}, got {d}")
     n = min(num_selected, num_blocks)
     out = torch.empty(b, kv_heads, length, n, device=q.device, dtype=torch.int32)
     if n == 0:
@@ -512,13 +518,13 @@ def _ltis_fwd(
 
 @triton.jit
 def _delta_and_gate(do, out, b, heads, queries, head_ok, row_ok, lse_offs, length,
-                    DELTA, GL, DGL, GATE, s_gt, s_gc):  # fmt: skip
+                    DELTA, GL, DGL, GATE, s_gt, s_gc, BRANCH: tl.constexpr):  # fmt: skip
     """delta = rowsum(dO * O) of rows (query, head), returned with the rows' gate g (1 without GL)
     and stored for the dk/dv kernel: as g * delta where dO is g times the mix's gradient DO (GL:
-    the [B * L, 2H] logits; gate_triton.gated_delta, channel 2h)."""
+    the [B * L, 2H] logits; gate_triton.gated_delta, channel 2h + BRANCH: 0 LTIS, 1 STIS)."""
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), axis=1)
     if GL is not None:
-        gate = gated_delta(delta, GL, DGL, GATE, DELTA, s_gt, s_gc, b * length + queries, 2 * heads, row_ok,
+        gate = gated_delta(delta, GL, DGL, GATE, DELTA, s_gt, s_gc, b * length + queries, 2 * heads + BRANCH, row_ok,
                            head_ok & (queries < length), lse_offs)  # fmt: skip
     else:
         gate = tl.full(delta.shape, 1.0, tl.float32)
@@ -535,20 +541,20 @@ def _ltis_bwd_prep(
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """Before the dk/dv kernel adds dq (the atomics path, where the STIS dq kernel has not done
-    it): delta and the gates (_delta_and_gate) of BLOCK_Q queries x (batch, kv head)."""
+    """Before the dk/dv kernel adds dq (the atomics path, where the STIS branch's _bwd_dq has not
+    done it): delta and the gates (_delta_and_gate) of BLOCK_Q queries x (batch, kv head)."""
     tile, b, g, n_valid, queries, heads, head_ok, row_ok, cols, col_ok = _query_program(
         SEQ_LEN, length, kv_heads, GROUP, GROUP_P, BLOCK_Q, HEAD_DIM, BLOCK_D)
     b64 = b.to(tl.int64)
     do = tl.load(_row_ptrs(DO + b64 * sdo_b, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=row_ok[:, None] & col_ok, other=0.0)
     out = tl.load(_row_ptrs(O + b64 * so_b, heads, queries, cols, so_h, so_l, so_d), mask=row_ok[:, None] & col_ok, other=0.0)
     lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
-    _delta_and_gate(do, out, b, heads, queries, head_ok, row_ok, lse_offs, length, DELTA, GL, DGL, GATE, s_gt, s_gc)
+    _delta_and_gate(do, out, b, heads, queries, head_ok, row_ok, lse_offs, length, DELTA, GL, DGL, GATE, s_gt, s_gc, 0)
 
 
 @triton.jit
-def _ltis_bwd_dq(
-    Q, K, V, IDX, SEQ_LEN, O, DO, DQ, LSE, DELTA, GL, DGL, GATE,
+def _bwd_dq(
+    Q, K, V, IDX, SEQ_LEN, O, DO, DQ, LSE, DELTA, GL, DGL, GATE, LT, DELTA_L, GATE_L,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_g, sk_l, sk_d,
     sv_b, sv_g, sv_l, sv_d,
@@ -558,27 +564,41 @@ def _ltis_bwd_dq(
     s_gt, s_gc, length, n_slots, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    STIS: tl.constexpr, NEAR_P: tl.constexpr,
 ):  # fmt: skip
-    """dq of BLOCK_Q queries x (batch, kv head), walking the slots like the forward: the
-    deterministic path (torch.use_deterministic_algorithms), no atomics. Also writes delta
-    (_delta_and_gate) for the dk/dv kernel, as _ltis_bwd_prep does on the atomics path. DQ has O's
-    strides; ACCUMULATE: add to what it holds (the STIS branch's dq).
+    """dq of one branch for BLOCK_Q queries x (batch, kv head), walking its keys like the
+    forward: LTIS's selected slots and own block, or (STIS) the window's tile and the powers of
+    two as n_slots slot tiles (_stis_near_keys, _stis_far_keys; LSE then in natural log, as the
+    forward stores it). Also writes delta (_delta_and_gate) for the branch's dk/dv kernel. For LTIS
+    this is the deterministic path (torch.use_deterministic_algorithms), no atomics: on the atomics
+    path the LTIS dk/dv kernel adds dq and _ltis_bwd_prep, or this kernel for STIS, writes delta.
+    DQ has O's strides; ACCUMULATE: add to what it holds (the STIS branch's dq).
     GL (if not None): DO is the gated mix's gradient, and this branch's dO is its gate g (channel
-    2h of the [B * L, 2H] logits GL) times it, formed here in registers, rounded to the input dtype
-    for the tensor-core products (the values a gate kernel would have stored). The logits' gradient
-    of that channel goes to DGL, g (fp32, laid out like LSE) to GATE for the dk/dv kernel, which
-    scales its probabilities and dp by it per row (a per-element dO there cost ~0.1 ms at L = 4096)."""
+    2h, or 2h + 1 for STIS, of the [B * L, 2H] logits GL) times it, formed here in registers,
+    rounded to the input dtype for the tensor-core products (the values a gate kernel would have
+    stored). The logits' gradient of that channel goes to DGL, g (fp32, laid out like LSE) to GATE
+    for the dk/dv kernel, which scales its probabilities and dp by it per row (a per-element dO
+    there cost ~0.1 ms at L = 4096). LT (if not None, STIS with GL): the LTIS output, O's strides,
+    for which this kernel also writes what _ltis_bwd_prep would, the LTIS gates to GATE_L, g *
+    delta to DELTA_L and channel 2h of DGL, from the dO rows it holds (one launch and one pass over
+    the mix's gradient less)."""
     tile, b, g, n_valid, queries, heads, head_ok, row_ok, cols, col_ok = _query_program(
         SEQ_LEN, length, kv_heads, GROUP, GROUP_P, BLOCK_Q, HEAD_DIM, BLOCK_D)
     row_mask = row_ok[:, None] & col_ok
     b64 = b.to(tl.int64)
     q = tl.load(_row_ptrs(Q + b64 * sq_b, heads, queries, cols, sq_h, sq_l, sq_d), mask=row_mask, other=0.0)
     do = tl.load(_row_ptrs(DO + b64 * sdo_b, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=row_mask, other=0.0)
-    out = tl.load(_row_ptrs(O + b64 * so_b, heads, queries, cols, so_h, so_l, so_d), mask=row_mask, other=0.0)
+    o_offs = _row_ptrs(b64 * so_b, heads, queries, cols, so_h, so_l, so_d)
+    out = tl.load(O + o_offs, mask=row_mask, other=0.0)
     lse_offs = (b64 * kv_heads * GROUP + heads) * length + queries
     lse = tl.load(LSE + lse_offs, mask=row_ok, other=0.0)
+    if STIS:
+        lse = lse * LOG2E
+    if LT is not None:
+        _delta_and_gate(do, tl.load(LT + o_offs, mask=row_mask, other=0.0), b, heads, queries, head_ok, row_ok,
+                        lse_offs, length, DELTA_L, GL, DGL, GATE_L, s_gt, s_gc, 0)  # fmt: skip
     delta, gate = _delta_and_gate(do, out, b, heads, queries, head_ok, row_ok, lse_offs, length,
-                                  DELTA, GL, DGL, GATE, s_gt, s_gc)  # fmt: skip
+                                  DELTA, GL, DGL, GATE, s_gt, s_gc, STIS)  # fmt: skip
     if GL is not None:
         # each kernel's delta matches its own dO: dk/dv's unrounded g * dO, this kernel's rounded
         # one (a mismatch leaves rounding noise where ds should cancel to 0, e.g. a lone key)
@@ -587,22 +607,34 @@ def _ltis_bwd_dq(
     do = do.to(q.dtype)
     k_base = K + b64 * sk_b + g * sk_g
     v_base = V + b64 * sv_b + g * sv_g
-    idx_base = IDX + b64 * si_b + g * si_g
 
     dq = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
     if tile * BLOCK_Q < n_valid:
-        for t in range(n_slots):
-            keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
+        if STIS:
+            keys, ok = _stis_near_keys(tile * BLOCK_Q, n_valid, BLOCK_Q, NEAR_P)
             k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-            mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
-            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
-        keys = _own_block_keys(tile, BLOCK_Q)
-        k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-        mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
-        dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
+            gap = queries[:, None] - keys[None, :]
+            mask = (gap >= 0) & (gap <= _LOCAL) & ok[None, :] & row_ok[:, None]
+            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
+            for step in range(0, tl.cdiv(n_slots, _BLOCK)):
+                keys_f, ok_f = _stis_far_keys(tile, step, n_slots, BLOCK_Q)  # new names: loop-carried types
+                k_f, v_f = _kv_rows(k_base, v_base, keys_f, ok_f, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+                mask_f = _row_mask(ok_f, BLOCK_Q, GROUP_P) & row_ok[:, None]
+                dq = _dq_step(dq, q, do, k_f, v_f, mask_f, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
+        else:
+            idx_base = IDX + b64 * si_b + g * si_g
+            for t in range(n_slots):
+                keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
+                k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+                mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+                dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
+            keys = _own_block_keys(tile, BLOCK_Q)
+            k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+            mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
+            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
     in_range = (head_ok & (queries < length))[:, None] & col_ok
-    _store_grad(_row_ptrs(DQ + b64 * so_b, heads, queries, cols, so_h, so_l, so_d), dq * scale, in_range, ACCUMULATE)
+    _store_grad(DQ + o_offs, dq * scale, in_range, ACCUMULATE)
 
 
 @triton.jit
@@ -669,8 +701,8 @@ def _ltis_bwd_dkdv(
     H100 at L = 4096 (B=64, bf16, d = 16), against 0.33 ms with 2 warps and 0.54 ms with 4; with four
     still the fastest (results/bench/raw-2026-11-26-session9/sweep_dkdv_dq_h100.txt); 4 warps for
     larger tiles.
-    GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _ltis_bwd_dq,
-    _ltis_bwd_prep or the STIS dq kernel wrote. DQ (if not None): fp32 [B, H, L, d] that every step
+    GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _bwd_dq (this branch's
+    or STIS's) or _ltis_bwd_prep wrote. DQ (if not None): fp32 [B, H, L, d] that every step
     adds its rows' dq to, atomically (the atomics path: no dq kernel, which gathered K and V
     again). ACCUMULATE: add dk and dv to what DK and DV hold (the STIS branch's)."""
     j = tl.program_id(0)
@@ -798,7 +830,7 @@ def _attention_config(group_p: int) -> dict[str, int]:
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None) -> None:
     """The shared GQA checks plus the block index layout."""
-    check_gqa(q, k, v, seq_len, max_head_dim=_MAX_HEAD_DIM)
+    check_gqa(q, k, v, seq_len, max_head_dim=MAX_HEAD_DIM)
     (b, _, length, _), g = q.shape, k.shape[1]
     if block_idx.dim() != 4 or block_idx.shape[:3] != (b, g, length) or block_idx.is_floating_point():
         raise ValueError(f"block_idx must be an integer [B, G, L, n] = [{b}, {g}, {length}, n]; got {tuple(block_idx.shape)}")
@@ -864,7 +896,6 @@ def _launch_forward(
         q, k, v, block_idx, seq_len, out, lse, stis_out, stis_lse, gate_logits, mix,
         *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *written.stride(), *logit_strides(gate_logits),
         length, block_idx.shape[3], _stis_powers(length), kv_heads, scale * LOG2E.value, **meta, STIS=with_stis,
-        NEAR_P=triton.next_power_of_2(meta["BLOCK_Q"] + reference.LOCAL_WINDOW),
     )  # fmt: skip
 
 
@@ -912,11 +943,8 @@ def launch_backward(
     delta, gates = prepared or (torch.empty_like(lse), gates)
     if not uses_atomics():
         dq = add_to[0] if add_to is not None else empty_blhd(q, h)  # laid out like out: shares its strides
-        _ltis_bwd_dq[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
-            q, k, v, block_idx, seq_len, out, dout, dq, lse, delta, gl, dgl, gates,
-            *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *out.stride(), *dout.stride(),
-            *gate_strides, length, n_slots, kv_heads, qk_scale, scale, **meta, ACCUMULATE=add_to is not None,
-        )  # fmt: skip
+        launch_dq(q, k, v, block_idx, seq_len, out, lse, dout, dq, delta, (gl, dgl, gates, gate_strides), scale,
+                  accumulate=add_to is not None)  # fmt: skip
         add_dq = None
     else:
         dq = add_dq = add_to[0] if add_to is not None else empty_blhd(q, h, torch.float32).zero_()
@@ -944,13 +972,38 @@ def launch_backward(
     return dq, dk, dv
 
 
+def launch_dq(
+    q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor | None, seq_len: Tensor | None, out: Tensor, lse: Tensor,
+    dout: Tensor, dq: Tensor, delta: Tensor, gate_args: tuple, scale: float, accumulate: bool = False,
+    ltis_prep: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> None:
+    """_bwd_dq over every query tile: LTIS's dq (block_idx given) or, with block_idx None, STIS's
+    (its powers of two as slot tiles). dq is laid out like out; delta like lse. gate_args:
+    backward_gate_args' (logits, their gradient, gates, strides). ltis_prep (STIS under the
+    gate): (LTIS output, delta, gates), whose rows the kernel writes as _ltis_bwd_prep would."""
+    b, _, length, _ = q.shape
+    kv_heads = k.shape[1]
+    gl, dgl, gates, gate_strides = gate_args
+    lt, delta_l, gates_l = ltis_prep or (None, None, None)
+    stis = block_idx is None
+    meta = _meta(q, kv_heads)
+    _bwd_dq[(triton.cdiv(length, meta["BLOCK_Q"]), b * kv_heads)](
+        q, k, v, block_idx, seq_len, out, dout, dq, lse, delta, gl, dgl, gates, lt, delta_l, gates_l,
+        *q.stride(), *k.stride(), *v.stride(), *(block_idx.stride() if not stis else (0,) * 4), *out.stride(),
+        *dout.stride(), *gate_strides, length, _stis_powers(length) if stis else block_idx.shape[3], kv_heads,
+        scale * LOG2E.value, scale, **meta, ACCUMULATE=accumulate, STIS=stis,
+    )  # fmt: skip
+
+
 def _meta(q: Tensor, kv_heads: int) -> dict[str, object]:
-    """Compile-time parameters of the forward and dq kernels."""
+    """Compile-time parameters of the forward and dq kernels (NEAR_P: the STIS window tile's
+    width, _stis_near_keys)."""
     group = q.shape[1] // kv_heads
     group_p = triton.next_power_of_2(group)
     d = q.shape[3]
+    config = _attention_config(group_p)
     return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=_dot_mode(q.dtype),
-                **_attention_config(group_p))
+                NEAR_P=triton.next_power_of_2(config["BLOCK_Q"] + reference.LOCAL_WINDOW), **config)
 
 
 class _LtisAttention(torch.autograd.Function):

@@ -8,8 +8,11 @@ tensor cores), with an online softmax across offsets: no mask tensor, nothing L 
 linear in L. One program serves all query heads of a GQA group, so every K/V load feeds H / G
 heads. The offset loop is a runtime loop: unrolling it was ~6% faster on an H100 but compiles
 once per offset count (per power-of-two bucket of L). The backward recomputes probabilities from
-the stored logsumexp; dq walks the offsets like the forward, dk/dv walk them from the key side
-(key s receives from queries s + o), so no atomics are needed.
+the stored logsumexp. dq is LTIS's dq kernel (ltis_triton.launch_dq) walking this branch's keys
+on tensor cores as the fused forward does (the window as one tile, the powers of two as slot
+tiles): 0.27 ms at L = 4096 where a kernel that walked the offsets on CUDA cores took 0.30 (H100,
+B = 64, bf16, results/bench/README.md, session 14). dk/dv walk the offsets from the key side (key
+s receives from queries s + o), so no atomics are needed.
 
 In the model (branches_triton) this forward kernel does not run: the LTIS forward kernel scores
 the same rows on tensor cores beside its own (ltis_triton.launch_both_forward), which took
@@ -29,12 +32,11 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from blossom.attention import reference
-from blossom.attention.gate_triton import backward_gate_args, gated_delta
+from blossom.attention import ltis_triton, reference
+from blossom.attention.gate_triton import backward_gate_args
 from blossom.attention.triton_common import LOG2E, branch_buffers, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
-_MAX_HEAD_DIM = 256  # per-row registers grow with d; beyond this a different tiling is needed
 
 
 @triton.jit
@@ -118,86 +120,6 @@ def _stis_fwd(
 
 
 @triton.jit
-def _stis_bwd_dq(
-    Q, K, V, O, DO, DQ, LSE, DELTA, SEQ_LEN, GL, DGL, GATE, LT, DELTA_L, GATE_L,
-    sq_b, sq_h, sq_l, sq_d,
-    sk_b, sk_h, sk_l, sk_d,
-    sv_b, sv_h, sv_l, sv_d,
-    so_b, so_h, so_l, so_d,
-    sdo_b, sdo_h, sdo_l, sdo_d,
-    s_gt, s_gc, length, num_offsets, kv_heads, scale, qk_scale,
-    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """dq for one query tile x (batch, kv head), walking the offsets like the forward.
-
-    Also writes delta = rowsum(dO * O), which the dk/dv kernel needs: computing it here saves a
-    separate pass over dO and O. DQ has O's strides, in the dtype the caller chose (fp32 where
-    the LTIS backward adds its dq with atomics next). K and V tiles are loaded as [heads, rows, d]
-    with a zero head stride, already in the layout of q: the lanes of a row's heads load the
-    same addresses, and no offset pays a layout change through shared memory (the backward took
-    0.92-0.94x as long on an H100; the forward's 32-row tiles got 2-4% slower that way).
-    GL (if not None): DO is the gated mix's gradient, and this branch's dO is its gate g (channel
-    2h + 1 of the [B * L, 2H] logits GL) times it, formed here in fp32 registers only. The logits'
-    gradient of that channel goes to DGL, g (fp32, laid out like LSE) to GATE for the dk/dv kernel,
-    which scales its probabilities and dp by it (no sigmoid per row and offset there).
-    LT (if not None, with GL): the LTIS output (O's strides), whose dO is the same mix's gradient
-    times its own gate (channel 2h): this kernel also writes what LTIS's prep kernel would, that
-    branch's gates to GATE_L, g * delta to DELTA_L and its channel of DGL, from the dO rows it
-    holds (one launch and one pass over the mix's gradient less).
-    """
-    t0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
-    heads = tl.arange(0, GROUP_P)
-    rows = t0 + tl.arange(0, BLOCK)
-    cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < n_valid
-    col_ok = cols < HEAD_DIM
-    row_mask = (heads < GROUP)[:, None] & row_ok[None, :]
-    qmask = row_mask[:, :, None] & col_ok[None, None, :]
-    q_ptrs = _head_ptrs(Q + b * sq_b + g * GROUP * sq_h, heads, rows, cols, sq_h, sq_l, sq_d)
-    o_ptrs = _head_ptrs(O + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    q = tl.load(q_ptrs, mask=qmask, other=0.0).to(tl.float32)
-    out = tl.load(o_ptrs, mask=qmask, other=0.0).to(tl.float32)
-    do_ptrs = _head_ptrs(DO + b * sdo_b + g * GROUP * sdo_h, heads, rows, cols, sdo_h, sdo_l, sdo_d)
-    do = tl.load(do_ptrs, mask=qmask, other=0.0).to(tl.float32)
-    lse_offs = (b * kv_heads * GROUP + g * GROUP + heads)[:, None] * length + rows[None, :]
-    lse = tl.load(LSE + lse_offs, mask=row_mask, other=0.0) * LOG2E
-    delta = tl.sum(do * out, axis=2)
-    if GL is not None:
-        tok, channel = (b * length + rows)[None, :], (2 * (g * GROUP + heads) + 1)[:, None]
-        grad_ok = (heads < GROUP)[:, None] & (rows < length)[None, :]
-        if LT is not None:
-            lt_ptrs = _head_ptrs(LT + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-            lt = tl.load(lt_ptrs, mask=qmask, other=0.0).to(tl.float32)
-            gated_delta(tl.sum(do * lt, axis=2), GL, DGL, GATE_L, DELTA_L, s_gt, s_gc, tok, channel - 1, row_mask,
-                        grad_ok, lse_offs)  # fmt: skip
-        gate = gated_delta(delta, GL, DGL, GATE, DELTA, s_gt, s_gc, tok, channel, row_mask, grad_ok, lse_offs)
-        do = do * gate[:, :, None]
-        delta = delta * gate
-    else:
-        tl.store(DELTA + lse_offs, delta, mask=row_mask)
-    k_ptrs = _head_ptrs(K + b * sk_b + g * sk_h, heads, rows, cols, 0, sk_l, sk_d)
-    v_ptrs = _head_ptrs(V + b * sv_b + g * sv_h, heads, rows, cols, 0, sv_l, sv_d)
-
-    dq = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
-    if t0 < n_valid:
-        for j in range(num_offsets):
-            o = _offset(j)
-            key_ok = row_ok & (rows >= o)
-            kv_mask = key_ok[None, :, None] & col_ok[None, None, :]
-            k = tl.load(k_ptrs - o * sk_l, mask=kv_mask, other=0.0).to(tl.float32)
-            v = tl.load(v_ptrs - o * sv_l, mask=kv_mask, other=0.0).to(tl.float32)
-            s = tl.sum(q * k, axis=2) * qk_scale
-            p = tl.where(row_mask & key_ok[None, :], tl.exp2(s - lse), 0.0)
-            dp = tl.sum(do * v, axis=2)
-            dq += (p * (dp - delta))[:, :, None] * k
-
-    out_mask = (heads < GROUP)[:, None, None] & (rows < length)[None, :, None] & col_ok[None, None, :]
-    dq_ptrs = _head_ptrs(DQ + b * so_b + g * GROUP * so_h, heads, rows, cols, so_h, so_l, so_d)
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=out_mask)
-
-
-@triton.jit
 def _stis_bwd_dkdv(
     Q, K, V, DO, DK, DV, LSE, DELTA, GATE, SEQ_LEN,
     sq_b, sq_h, sq_l, sq_d,
@@ -211,7 +133,7 @@ def _stis_bwd_dkdv(
 ):  # fmt: skip
     """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
     group's heads, so each program owns its output rows (DK and DV share strides). GATE (if not
-    None): DO is the mix's gradient, and GATE the rows' gates _stis_bwd_dq wrote, which scale the
+    None): DO is the mix's gradient, and GATE the rows' gates the dq kernel wrote, which scale the
     probabilities and dp."""
     s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
@@ -260,8 +182,9 @@ def _stis_bwd_dkdv(
 def _config(length: int, group_p: int, block_d: int) -> tuple[int, int, int]:
     """(forward tile, backward tile, num_warps), from timings on an H100 (B=64, H=8, G=2, d=16,
     L=4096, bf16): 32 rows (2048 values per [group, tile, d] block) for the forward, 16 for the
-    backward kernels, which keep three or four such blocks live per offset (with 32-64 rows dk/dv
-    took 1.3-1.5x longer). A tile is never longer than the sequence needs.
+    dk/dv kernel, which keeps four such blocks live per offset (with 32-64 rows it took 1.3-1.5x
+    longer; no tile of 8-64 rows with 1-8 warps was faster, session 14). A tile is never longer
+    than the sequence needs.
     """
     cap = max(16, min(128, triton.next_power_of_2(length)))
     values = group_p * block_d
@@ -269,8 +192,8 @@ def _config(length: int, group_p: int, block_d: int) -> tuple[int, int, int]:
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None) -> None:
-    """The shared GQA checks; any head dim (rows are reduced with tl.sum, no tensor cores)."""
-    check_gqa(q, k, v, seq_len, max_head_dim=_MAX_HEAD_DIM)
+    """The shared GQA checks, with LTIS's head-dim limit: the dq kernel is LTIS's (tensor cores)."""
+    check_gqa(q, k, v, seq_len, max_head_dim=ltis_triton.MAX_HEAD_DIM)
 
 
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -297,10 +220,9 @@ def launch_backward(
     out like the output and [B, L, G, d]: the LTIS backward adds its gradients to them in place
     (no separate sum of the branches' gradients). gate: as ltis_triton.launch_backward's, for
     this branch's channels 2h + 1. ltis (with gate): (LTIS output, delta and gate buffers shaped
-    like lse), for which the dq kernel writes what LTIS's prep kernel would (_stis_bwd_dq)."""
+    like lse), for which the dq kernel writes what LTIS's prep kernel would (ltis_triton.launch_dq)."""
     b, kv_heads, length, _ = k.shape
-    lt, delta_l, gates_l = ltis or (None, None, None)
-    if lt is not None and (gate is None or lt.stride() != out.stride()):
+    if ltis is not None and (gate is None or ltis[0].stride() != out.stride()):
         raise ValueError("the LTIS output is prepared only under the gate, laid out like this branch's output")
     dq, dk, dv = grads = empty_blhd(q, q.shape[1], dq_dtype), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
     delta = torch.empty_like(lse)
@@ -309,11 +231,8 @@ def launch_backward(
     meta.update(BLOCK=block_bwd)
     grid = (triton.cdiv(length, block_bwd), b * kv_heads)
     gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
-    _stis_bwd_dq[grid](
-        q, k, v, out, dout, dq, lse, delta, seq_len, gl, dgl, gates, lt, delta_l, gates_l,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(),
-        *gate_strides, *common, **meta,
-    )  # fmt: skip
+    ltis_triton.launch_dq(q, k, v, None, seq_len, out, lse, dout, dq, delta, (gl, dgl, gates, gate_strides), scale,
+                          ltis_prep=ltis)  # fmt: skip
     _stis_bwd_dkdv[grid](
         q, k, v, dout, dk, dv, lse, delta, gates, seq_len,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
