@@ -11,8 +11,11 @@ needs no split/cat of its own.
 
 `project_split_rope` goes one step back, to the qkv projection and BlossomRec's gate projection,
 which both read x: the backward kernel writes the gate logits' gradient next to dqkv, so x's
-gradient is one GEMM over both projections' stacked weights, not two GEMMs and their sum. The
-forward keeps two GEMMs: one over the stacked weights (and a stacked bias) was 4-9% slower in
+gradient is one GEMM over both projections' stacked weights, not two GEMMs and their sum. In fp16
+and bf16 its forward is one kernel too (`_project_fwd`): both products on tensor cores, q and k
+rotated in the epilogue, rounded as the Linears and this split round them, so x is read once and
+no qkv buffer is written and read back. Elsewhere (fp32 on a GPU, autocast) it runs two GEMMs
+and the split: one GEMM over the stacked weights (and a stacked bias) was 4-9% slower in
 inference on an H100, and its stacked weight gradient failed the tolerance rule for the gate's rows.
 """
 
@@ -26,8 +29,14 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
+from blossom.attention.triton_common import dot, interpreted
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
+# The projection kernel's tokens, input features and columns per program, warps and pipelining: of
+# 28 tilings on an H100 (B = 64, bf16) the fastest at L = 512 (24 us) and within 6% of the fastest
+# at 4096 (139 us; results/bench/raw-2026-11-27-session14/ab_projection_kernel_h100.txt). Three
+# pipeline stages, Triton's default, took 177 us there: the loop has two steps at D = 128
+_PROJECT_ROWS, _PROJECT_K, _PROJECT_COLS, _PROJECT_WARPS, _PROJECT_STAGES = 64, 64, 64, 4, 1
 _TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
 
@@ -120,6 +129,52 @@ def _rotary_bwd(
                     GLW_P, False)  # fmt: skip
 
 
+@triton.jit
+def _project_fwd(
+    X, W, WG, BG, COS, SIN, Q, K, V, GL,
+    sx_t, sx_d, sw_o, sw_i, swg_o, swg_i,
+    n_tokens, length, hidden, q_width, kv_width, gl_width,
+    HALF: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """One block of BLOCK_N columns of [x W_qkv^T | x W_gate^T + b_gate] for ROWS tokens, rounded
+    to x's dtype as the Linears round, q's and k's columns then rotated as _rotary_fwd rotates
+    them, each column stored to its buffer (q, k, v, the logits: contiguous [B, L, width]). A
+    token tile's column blocks are consecutive programs, so they share its x rows in L2 (a 1-D
+    grid: no 65535 limit on the token tiles). A block starts at a head boundary (BLOCK_N is a
+    multiple of d = 2 HALF), so _rotate's angles line up; it rotates v's and the logits' columns
+    too, which are then not used."""
+    qkv_width = q_width + 2 * kv_width
+    n_blocks = tl.cdiv(qkv_width + gl_width, BLOCK_N)
+    col = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tok = (tl.program_id(0) // n_blocks) * ROWS + tl.arange(0, ROWS)
+    tok_ok = tok < n_tokens
+    in_qkv = col < qkv_width
+    gate_col = col - qkv_width
+    in_gate = (gate_col >= 0) & (gate_col < gl_width)
+    x_rows = X + tok.to(tl.int64)[:, None] * sx_t
+    acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = kk < hidden
+        x = tl.load(x_rows + kk[None, :] * sx_d, mask=tok_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + col[None, :] * sw_o + kk[:, None] * sw_i, mask=k_ok[:, None] & in_qkv[None, :], other=0.0)
+        w += tl.load(WG + gate_col[None, :] * swg_o + kk[:, None] * swg_i, mask=k_ok[:, None] & in_gate[None, :],
+                     other=0.0)  # fmt: skip
+        acc += dot(x, w, DOT)
+    bias = tl.load(BG + gate_col, mask=in_gate, other=0.0).to(tl.float32)
+    y = (acc + bias[None, :]).to(X.dtype.element_ty)
+    rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
+    y = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
+    rows = tok.to(tl.int64)[:, None]
+    tl.store(Q + rows * q_width + col[None, :], y.to(Q.dtype.element_ty), mask=tok_ok[:, None] & (col < q_width)[None, :])
+    for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
+        local = col - q_width - part * kv_width
+        dst = K if part == 0 else V
+        tl.store(dst + rows * kv_width + local[None, :], y.to(dst.dtype.element_ty),
+                 mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
+    tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty), mask=tok_ok[:, None] & in_gate[None, :])
+
+
 def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tuple[int], dict[str, int]]:
     meta = dict(ROWS=_ROWS, HALF=d // 2, QW_P=triton.next_power_of_2(n_heads * d),
                 KVW_P=triton.next_power_of_2(kv_heads * d), num_warps=4)
@@ -164,6 +219,42 @@ def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length:
     return out
 
 
+def _project_applies(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, d: int) -> bool:
+    """The projection kernel's case: fp16/bf16 on a GPU (or the interpreter, in which the CPU tests
+    run it), one dtype for x and the weights, no autocast (its Linears cast first), and a head dim
+    that is a power of two (blocks of columns start at head boundaries). Otherwise the two Linears
+    and _split run, as for fp32 on a GPU, where cuBLAS's fp32 GEMMs are what the reference does."""
+    same_dtype = all(t.dtype == x.dtype for t in (w_qkv, w_gate, b_gate))
+    if not same_dtype or d & (d - 1) or torch.is_autocast_enabled(x.device.type):
+        return False
+    return interpreted() or (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16))
+
+
+def _project(
+    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The projection kernel: (*_split(F.linear(x, w_qkv), ...), F.linear(x, w_gate, b_gate)) in one
+    pass over x, one launch instead of three. H100, B = 64, bf16, L = 4096: 134-137 us where the two
+    GEMMs and _rotary_fwd took ~165 (a pass over the data would take ~60: the kernel is not at the
+    memory's speed); the layer's inference step 0.977x, training's 0.991-0.994x (L = 512 and 4096,
+    results/bench/README.md, session 14)."""
+    b, length, hidden = x.shape
+    d = w_qkv.shape[0] // (n_heads + 2 * kv_heads)
+    rows = x.reshape(b * length, hidden)
+    q, k, v = (x.new_empty(b, length, n, d) for n in (n_heads, kv_heads, kv_heads))
+    logits = x.new_empty(b, length, w_gate.shape[0])
+    cos, sin = _tables(length, d, x.device)
+    block_n = max(_PROJECT_COLS, d)
+    grid = (triton.cdiv(w_qkv.shape[0] + w_gate.shape[0], block_n) * triton.cdiv(b * length, _PROJECT_ROWS),)
+    _project_fwd[grid](
+        rows, w_qkv, w_gate, b_gate, cos, sin, q, k, v, logits, *rows.stride(), *w_qkv.stride(), *w_gate.stride(),
+        b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
+        HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, BLOCK_K=_PROJECT_K,
+        DOT="ieee" if interpreted() else "native", num_warps=_PROJECT_WARPS, num_stages=_PROJECT_STAGES,
+    )  # fmt: skip
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), logits
+
+
 class _SplitHeadsRope(torch.autograd.Function):
     """qkv [B, L, (H + 2G) d] -> rotated q [B, H, L, d], rotated k and v [B, G, L, d]."""
 
@@ -195,6 +286,8 @@ class _ProjectSplitRope(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         ctx.save_for_backward(x, w_qkv, w_gate)
         ctx.heads = (n_heads, kv_heads)
+        if _project_applies(x, w_qkv, w_gate, b_gate, w_qkv.shape[0] // (n_heads + 2 * kv_heads)):
+            return _project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
         return *_split(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
 
     @staticmethod

@@ -115,6 +115,16 @@ def test_projection_matches_reference(b, length, h, g, d, dtype, strided) -> Non
     check_project(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
 
 
+def test_projection_under_autocast_runs_the_linears() -> None:
+    """Under autocast the projection is autocast's Linears, whose outputs come in its dtype; the
+    kernel (which the interpreter would run here otherwise) keeps x's dtype."""
+    args = project_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = project_split_rope(*args, 2, 1)
+    assert [o.dtype for o in outs] == [torch.bfloat16] * 4
+    assert [o.dtype for o in project_split_rope(*args, 2, 1)] == [torch.float32] * 4
+
+
 def test_projection_gradient_of_unused_logits_is_zero() -> None:
     """Logits no loss reads: the gate's weight and bias get zero gradients, the qkv weight its own."""
     args = project_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
