@@ -235,7 +235,7 @@ def _project(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The projection kernel: (*_split(F.linear(x, w_qkv), ...), F.linear(x, w_gate, b_gate)) in one
     pass over x, one launch instead of three. H100, B = 64, bf16, L = 4096: 134-137 us where the two
-    GEMMs and _rotary_fwd took ~165 (a pass over the data would take ~60: the kernel is not at the
+    GEMMs and _rotary_fwd took ~165-170 (a pass over the data would take ~60: the kernel is not at the
     memory's speed); the layer's inference step 0.977x, training's 0.991-0.994x (L = 512 and 4096,
     results/bench/README.md, session 14)."""
     b, length, hidden = x.shape
