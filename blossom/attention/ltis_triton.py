@@ -434,6 +434,28 @@ def _stis_far_keys(tile, step, n_far, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
+                    BLOCK_Q: tl.constexpr, NEAR_P: tl.constexpr):  # fmt: skip
+    """K, V [NEAR_P, BLOCK_D] of the window's keys (_stis_near_keys) and the rows' mask over them:
+    distances 0 .. 8 that exist, for rows < seq_len. The one place the forward and the dq kernel
+    read STIS's window from."""
+    keys, ok = _stis_near_keys(tile * BLOCK_Q, n_valid, BLOCK_Q, NEAR_P)
+    k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+    gap = queries[:, None] - keys[None, :]
+    return k, v, (gap >= 0) & (gap <= _LOCAL) & ok[None, :] & row_ok[:, None]
+
+
+@triton.jit
+def _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
+                   BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):  # fmt: skip
+    """K, V [BLOCK_Q * 16, BLOCK_D] of slot tile `step` of STIS's powers of two (_stis_far_keys)
+    and each row's [rows, 16] mask over its own columns, for rows < seq_len."""
+    keys, ok = _stis_far_keys(tile, step, n_far, BLOCK_Q)
+    k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+    return k, v, _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+
+
+@triton.jit
 def _normalise(acc, denom, row_ok):
     """(output rows acc / denom, exact zeros where not row_ok; the denominators, 1 there)."""
     denom = tl.where(row_ok, denom, 1.0)
@@ -482,15 +504,12 @@ def _ltis_fwd(
         mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
         m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
         if STIS:  # its own softmax: the window (one dense tile), then the powers of two as slots
-            keys, ok = _stis_near_keys(tile * BLOCK_Q, n_valid, BLOCK_Q, NEAR_P)
-            k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-            gap = queries[:, None] - keys[None, :]
-            mask = (gap >= 0) & (gap <= _LOCAL) & ok[None, :] & row_ok[:, None]
+            k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
+                                         sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
             m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
-            for step in range(0, tl.cdiv(n_far, _BLOCK)):
-                keys_f, ok_f = _stis_far_keys(tile, step, n_far, BLOCK_Q)  # new names: loop-carried types
-                k_f, v_f = _kv_rows(k_base, v_base, keys_f, ok_f, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-                mask_f = _row_mask(ok_f, BLOCK_Q, GROUP_P) & row_ok[:, None]
+            for step in range(0, tl.cdiv(n_far, _BLOCK)):  # new names below: loop-carried types
+                k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l, sk_d,
+                                                  sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
                 m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k_f, v_f, mask_f, qk_scale, DOT, True, BLOCK_Q,
                                                 GROUP_P)  # fmt: skip
 
@@ -611,15 +630,12 @@ def _bwd_dq(
     dq = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
     if tile * BLOCK_Q < n_valid:
         if STIS:
-            keys, ok = _stis_near_keys(tile * BLOCK_Q, n_valid, BLOCK_Q, NEAR_P)
-            k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-            gap = queries[:, None] - keys[None, :]
-            mask = (gap >= 0) & (gap <= _LOCAL) & ok[None, :] & row_ok[:, None]
+            k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
+                                         sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
             dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
-            for step in range(0, tl.cdiv(n_slots, _BLOCK)):
-                keys_f, ok_f = _stis_far_keys(tile, step, n_slots, BLOCK_Q)  # new names: loop-carried types
-                k_f, v_f = _kv_rows(k_base, v_base, keys_f, ok_f, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-                mask_f = _row_mask(ok_f, BLOCK_Q, GROUP_P) & row_ok[:, None]
+            for step in range(0, tl.cdiv(n_slots, _BLOCK)):  # new names below: loop-carried types
+                k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, n_slots, row_ok, cols, col_ok, sk_l, sk_d,
+                                                  sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
                 dq = _dq_step(dq, q, do, k_f, v_f, mask_f, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
         else:
             idx_base = IDX + b64 * si_b + g * si_g

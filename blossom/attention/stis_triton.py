@@ -226,17 +226,14 @@ def launch_backward(
         raise ValueError("the LTIS output is prepared only under the gate, laid out like this branch's output")
     dq, dk, dv = grads = empty_blhd(q, q.shape[1], dq_dtype), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
     delta = torch.empty_like(lse)
-    common = (length, len(reference.stis_offsets(length)), kv_heads, scale, scale * LOG2E.value)
-    _, block_bwd, meta = _meta(q, kv_heads)
-    meta.update(BLOCK=block_bwd)
-    grid = (triton.cdiv(length, block_bwd), b * kv_heads)
     gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
     ltis_triton.launch_dq(q, k, v, None, seq_len, out, lse, dout, dq, delta, (gl, dgl, gates, gate_strides), scale,
                           ltis_prep=ltis)  # fmt: skip
-    _stis_bwd_dkdv[grid](
+    _, block_bwd, meta = _meta(q, kv_heads)
+    _stis_bwd_dkdv[(triton.cdiv(length, block_bwd), b * kv_heads)](
         q, k, v, dout, dk, dv, lse, delta, gates, seq_len,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
-        *common, **meta,
+        length, len(reference.stis_offsets(length)), kv_heads, scale, scale * LOG2E.value, BLOCK=block_bwd, **meta,
     )  # fmt: skip
     return grads
 
