@@ -14,7 +14,10 @@ which both read x: the backward kernel writes the gate logits' gradient next to 
 gradient is one GEMM over both projections' stacked weights, not two GEMMs and their sum. In fp16
 and bf16 its forward is one kernel too (`_project_fwd`): both products on tensor cores, q and k
 rotated in the epilogue, rounded as the Linears and this split round them, so x is read once and
-no qkv buffer is written and read back. Elsewhere (fp32 on a GPU, autocast) it runs two GEMMs
+no qkv buffer is written and read back. That kernel writes k and v head-major, [B, G, L, d]
+buffers: a block of 16 keys is then 512 contiguous bytes where [B, L, G, d] spread it over twice
+the cache lines, which the attention kernels' gathers of key rows pay for (`_project` gives the
+times). Elsewhere (fp32 on a GPU, autocast) it runs two GEMMs
 and the split: one GEMM over the stacked weights (and a stacked bias) was 4-9% slower in
 inference on an H100, and its stacked weight gradient failed the tolerance rule for the gate's rows.
 """
@@ -138,7 +141,8 @@ def _project_fwd(
 ):  # fmt: skip
     """One block of BLOCK_N columns of [x W_qkv^T | x W_gate^T + b_gate] for ROWS tokens, rounded
     to x's dtype as the Linears round, q's and k's columns then rotated as _rotary_fwd rotates
-    them, each column stored to its buffer (q, k, v, the logits: contiguous [B, L, width]). A
+    them, each column stored to its buffer (q and the logits contiguous [B, L, width], k and v
+    [B, G, L, d]: _project says why). A
     token tile's column blocks are consecutive programs, so they share its x rows in L2 (a 1-D
     grid: no 65535 limit on the token tiles). A block starts at a head boundary (BLOCK_N is a
     multiple of d = 2 HALF), so _rotate's angles line up; it rotates v's and the logits' columns
@@ -167,11 +171,13 @@ def _project_fwd(
     y = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
     rows = tok.to(tl.int64)[:, None]
     tl.store(Q + rows * q_width + col[None, :], y.to(Q.dtype.element_ty), mask=tok_ok[:, None] & (col < q_width)[None, :])
+    d = 2 * HALF
+    kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None]  # (b, g = 0, position)
     for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
         local = col - q_width - part * kv_width
         dst = K if part == 0 else V
-        tl.store(dst + rows * kv_width + local[None, :], y.to(dst.dtype.element_ty),
-                 mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
+        offs = (kv_rows + (local // d * length)[None, :]) * d + (local % d)[None, :]
+        tl.store(dst + offs, y.to(dst.dtype.element_ty), mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])
     tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty), mask=tok_ok[:, None] & in_gate[None, :])
 
 
@@ -237,11 +243,17 @@ def _project(
     pass over x, one launch instead of three. H100, B = 64, bf16, L = 4096: 134-137 us where the two
     GEMMs and _rotary_fwd took ~165-170 (a pass over the data would take ~60: the kernel is not at the
     memory's speed); the layer's inference step 0.977x, training's 0.991-0.994x (L = 512 and 4096,
-    results/bench/README.md, session 14)."""
+    results/bench/README.md, session 14).
+
+    k and v come out head-major ([B, G, L, d] buffers; q stays [B, L, H, d], whose rows the dk/dv
+    kernels gather a query's heads from at once). Same process against [B, L, G, d] (session 15,
+    L = 200-8192): the forward kernel 0.91-0.93x, compression 0.87-0.99x, this kernel 1.02-1.12x,
+    the STIS dq kernel 1.00-1.09x; the layer's inference step 0.956-0.968x, training's 0.987-0.993x."""
     b, length, hidden = x.shape
     d = w_qkv.shape[0] // (n_heads + 2 * kv_heads)
     rows = x.reshape(b * length, hidden)
-    q, k, v = (x.new_empty(b, length, n, d) for n in (n_heads, kv_heads, kv_heads))
+    q = x.new_empty(b, length, n_heads, d)
+    k, v = (x.new_empty(b, kv_heads, length, d) for _ in range(2))
     logits = x.new_empty(b, length, w_gate.shape[0])
     cos, sin = _tables(length, d, x.device)
     block_n = max(_PROJECT_COLS, d)
@@ -252,7 +264,7 @@ def _project(
         HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, BLOCK_K=_PROJECT_K,
         DOT="ieee" if interpreted() else "native", num_warps=_PROJECT_WARPS, num_stages=_PROJECT_STAGES,
     )  # fmt: skip
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), logits
+    return q.transpose(1, 2), k, v, logits
 
 
 class _SplitHeadsRope(torch.autograd.Function):

@@ -125,6 +125,18 @@ def test_projection_under_autocast_runs_the_linears() -> None:
     assert [o.dtype for o in project_split_rope(*args, 2, 1)] == [torch.float32] * 4
 
 
+def test_projection_kernel_writes_kv_head_major() -> None:
+    """The kernel (interpreted here) writes k and v as [B, G, L, d] buffers, which the attention
+    kernels gather 16 keys at a time from, and q as [B, L, H, d]; the Linears' path (autocast) keeps
+    [B, L, G, d]. Values are the reference's in both (test_projection_matches_reference)."""
+    args = project_args(2, 5, 4, 2, 16, F32, "cpu", seed=0)
+    q, k, v, _ = project_split_rope(*args, 4, 2)
+    assert q.transpose(1, 2).is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, k, v, _ = project_split_rope(*args, 4, 2)
+    assert k.transpose(1, 2).is_contiguous() and v.transpose(1, 2).is_contiguous()
+
+
 def test_projection_gradient_of_unused_logits_is_zero() -> None:
     """Logits no loss reads: the gate's weight and bias get zero gradients, the qkv weight its own."""
     args = project_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
