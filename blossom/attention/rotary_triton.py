@@ -17,9 +17,9 @@ rotated in the epilogue, rounded as the Linears and this split round them, so x 
 no qkv buffer is written and read back. That kernel writes k and v head-major, [B, G, L, d]
 buffers: a block of 16 keys is then 512 contiguous bytes where [B, L, G, d] spread it over twice
 the cache lines, which the attention kernels' gathers of key rows pay for (`_project` gives the
-times). Elsewhere (fp32 on a GPU, autocast) it runs two GEMMs
-and the split: one GEMM over the stacked weights (and a stacked bias) was 4-9% slower in
-inference on an H100, and its stacked weight gradient failed the tolerance rule for the gate's rows.
+times). Elsewhere (fp32 on a GPU, autocast) it runs two GEMMs and the split: one GEMM over the
+stacked weights (and a stacked bias) was 4-9% slower in inference on an H100, and its stacked
+weight gradient failed the tolerance rule for the gate's rows.
 """
 
 from __future__ import annotations
@@ -142,11 +142,10 @@ def _project_fwd(
     """One block of BLOCK_N columns of [x W_qkv^T | x W_gate^T + b_gate] for ROWS tokens, rounded
     to x's dtype as the Linears round, q's and k's columns then rotated as _rotary_fwd rotates
     them, each column stored to its buffer (q and the logits contiguous [B, L, width], k and v
-    [B, G, L, d]: _project says why). A
-    token tile's column blocks are consecutive programs, so they share its x rows in L2 (a 1-D
-    grid: no 65535 limit on the token tiles). A block starts at a head boundary (BLOCK_N is a
-    multiple of d = 2 HALF), so _rotate's angles line up; it rotates v's and the logits' columns
-    too, which are then not used."""
+    [B, G, L, d]: _project says why). A token tile's column blocks are consecutive programs, so
+    they share its x rows in L2 (a 1-D grid: no 65535 limit on the token tiles). A block starts
+    at a head boundary (BLOCK_N is a multiple of d = 2 HALF), so _rotate's angles line up; it
+    rotates v's and the logits' columns too, which are then not used."""
     qkv_width = q_width + 2 * kv_width
     n_blocks = tl.cdiv(qkv_width + gl_width, BLOCK_N)
     col = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
