@@ -341,12 +341,6 @@ def _kv_rows(k_base, v_base, keys, key_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
 
 
 @triton.jit
-def _own_block_keys(tile, BLOCK_Q: tl.constexpr):
-    """Keys [16] of the block holding the tile's queries (a 16-aligned tile never straddles two)."""
-    return (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
-
-
-@triton.jit
 def _owned(BLOCK_Q: tl.constexpr):
     """[BLOCK_Q, 1, BLOCK_Q, 1] mask: query a owns the slot tile's columns 16a .. 16a + 15."""
     a = tl.arange(0, BLOCK_Q)
@@ -451,8 +445,36 @@ def _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l
     """K, V [BLOCK_Q * 16, BLOCK_D] of slot tile `step` of STIS's powers of two (_stis_far_keys)
     and each row's [rows, 16] mask over its own columns, for rows < seq_len."""
     keys, ok = _stis_far_keys(tile, step, n_far, BLOCK_Q)
+    return _slot_tile(k_base, v_base, keys, ok, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)
+
+
+@triton.jit
+def _slot_tile(k_base, v_base, keys, ok, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
+               BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):  # fmt: skip
+    """K, V [BLOCK_Q * 16, BLOCK_D] of a slot tile's keys (ok: where they exist) and each row's
+    [rows, 16] mask over its own columns, for rows < seq_len."""
     k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
     return k, v, _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+
+
+@triton.jit
+def _ltis_slot_tile(k_base, v_base, idx_base, s_il, s_it, tile, t, n_valid, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
+                    sv_d, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):  # fmt: skip
+    """K, V and rows' mask of LTIS's selected slot t (_slot_keys) as a slot tile. The one place the
+    forward and the dq kernel read a selected block from."""
+    keys, ok = _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q)
+    return _slot_tile(k_base, v_base, keys, ok, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)
+
+
+@triton.jit
+def _own_block_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
+                    BLOCK_Q: tl.constexpr):  # fmt: skip
+    """K, V [16, BLOCK_D] of the block holding the tile's queries (a 16-aligned tile never
+    straddles two) and the rows' causal mask over it, for rows < seq_len: LTIS's diagonal, in the
+    forward and the dq kernel."""
+    keys = (tile * BLOCK_Q // _BLOCK) * _BLOCK + tl.arange(0, _BLOCK)
+    k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
+    return k, v, row_ok[:, None] & (keys[None, :] <= queries[:, None])
 
 
 @triton.jit
@@ -495,13 +517,11 @@ def _ltis_fwd(
     m_s, denom_s, acc_s = m, denom, acc
     if tile * BLOCK_Q < n_valid:  # tiles past seq_len skip everything
         for t in range(n_slots):
-            keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
-            k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-            mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+            k, v, mask = _ltis_slot_tile(k_base, v_base, idx_base, si_l, si_t, tile, t, n_valid, row_ok, cols, col_ok,
+                                         sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
             m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
-        keys = _own_block_keys(tile, BLOCK_Q)
-        k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-        mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
+        k, v, mask = _own_block_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
+                                     sv_d, BLOCK_Q)  # fmt: skip
         m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
         if STIS:  # its own softmax: the window (one dense tile), then the powers of two as slots
             k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
@@ -640,13 +660,11 @@ def _bwd_dq(
         else:
             idx_base = IDX + b64 * si_b + g * si_g
             for t in range(n_slots):
-                keys, ok = _slot_keys(idx_base, si_l, si_t, tile, t, n_valid, BLOCK_Q)
-                k, v = _kv_rows(k_base, v_base, keys, ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-                mask = _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+                k, v, mask = _ltis_slot_tile(k_base, v_base, idx_base, si_l, si_t, tile, t, n_valid, row_ok, cols,
+                                             col_ok, sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
                 dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
-            keys = _own_block_keys(tile, BLOCK_Q)
-            k, v = _kv_rows(k_base, v_base, keys, keys < n_valid, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-            mask = row_ok[:, None] & (keys[None, :] <= queries[:, None])
+            k, v, mask = _own_block_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d,
+                                         sv_l, sv_d, BLOCK_Q)  # fmt: skip
             dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
 
     in_range = (head_ok & (queries < length))[:, None] & col_ok

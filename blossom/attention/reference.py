@@ -49,12 +49,16 @@ def rope(x: Tensor, base: float = ROPE_BASE) -> Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
+def head_dim(qkv_width: int, n_heads: int, kv_heads: int) -> int:
+    """d of a fused projection [B, L, (H + 2G) d]: its width shared by H query heads and G k and v heads."""
+    return qkv_width // (n_heads + 2 * kv_heads)
+
+
 def split_heads_rope(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """The fused projection's output qkv [B, L, (H + 2G) d] -> q [B, H, L, d], k, v [B, G, L, d],
     with RoPE on q and k (not on v)."""
     b, length, width = qkv.shape
-    d = width // (n_heads + 2 * kv_heads)
-    heads = qkv.view(b, length, n_heads + 2 * kv_heads, d).transpose(1, 2)
+    heads = qkv.view(b, length, n_heads + 2 * kv_heads, head_dim(width, n_heads, kv_heads)).transpose(1, 2)
     q, k, v = heads.split([n_heads, kv_heads, kv_heads], dim=1)
     return rope(q), rope(k), v
 

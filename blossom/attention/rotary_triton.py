@@ -192,7 +192,7 @@ def _split(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Te
     """The forward kernel: qkv [B, L, (H + 2G) d] (any strides) -> q, k, v as [B, heads, L, d]
     views of [B, L, heads, d] buffers."""
     b, length, width = qkv.shape
-    d = width // (n_heads + 2 * kv_heads)
+    d = reference.head_dim(width, n_heads, kv_heads)
     rows = qkv.reshape(b * length, width)
     if rows.stride(1) != 1:
         rows = rows.contiguous()
@@ -251,7 +251,7 @@ def _project(
     L = 200-8192): the forward kernel 0.91-0.94x, compression 0.86-1.01x, this kernel 1.02-1.04x,
     the STIS dq kernel 1.01-1.08x; the layer's inference step 0.947-0.961x, training's 0.984-0.996x."""
     b, length, hidden = x.shape
-    d = w_qkv.shape[0] // (n_heads + 2 * kv_heads)
+    d = reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)
     rows = x.reshape(b * length, hidden)
     q = x.new_empty(b, length, n_heads, d)
     k, v = (x.new_empty(b, kv_heads, length, d) for _ in range(2))
@@ -281,7 +281,7 @@ class _SplitHeadsRope(torch.autograd.Function):
     def backward(ctx: FunctionCtx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None) -> tuple[Tensor, None, None]:
         b, length, width = ctx.shape
         n_heads, kv_heads = ctx.heads
-        d = width // (n_heads + 2 * kv_heads)
+        d = reference.head_dim(width, n_heads, kv_heads)
         return _merge((dq, dk, dv), None, b, length, n_heads, kv_heads, d, 0).view(ctx.shape), None, None
 
 
@@ -299,7 +299,7 @@ class _ProjectSplitRope(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         ctx.save_for_backward(x, w_qkv, w_gate)
         ctx.heads = (n_heads, kv_heads)
-        if _project_applies(x, w_qkv, w_gate, b_gate, w_qkv.shape[0] // (n_heads + 2 * kv_heads)):
+        if _project_applies(x, w_qkv, w_gate, b_gate, reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)):
             return _project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
         return *_split(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
 
@@ -313,7 +313,8 @@ class _ProjectSplitRope(torch.autograd.Function):
         b, length, _ = x.shape
         n_heads, kv_heads = ctx.heads
         qkv_width, gl_width = w_qkv.shape[0], w_gate.shape[0]
-        dy = _merge((dq, dk, dv), dgl, b, length, n_heads, kv_heads, qkv_width // (n_heads + 2 * kv_heads), gl_width)
+        d = reference.head_dim(qkv_width, n_heads, kv_heads)
+        dy = _merge((dq, dk, dv), dgl, b, length, n_heads, kv_heads, d, gl_width)
         dx = (dy @ torch.cat([w_qkv, w_gate])).view(x.shape)
         rows = x.reshape(b * length, -1)
         d_qkv, d_gl = dy[:, :qkv_width], dy[:, qkv_width:]
