@@ -75,7 +75,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
 from blossom.attention.triton_common import (
-    LOG2E, branch_buffers, check_gqa, device_lengths, dot, empty_blhd, interpreted, valid_length,
+    LOG2E, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, valid_length,
 )
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -89,14 +89,6 @@ _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 def _block_d(head_dim: int) -> int:
     """Head dim padded to a power of two >= 16 (tl.dot's minimum); extra columns are masked."""
     return max(16, triton.next_power_of_2(head_dim))
-
-
-def _dot_mode(dtype: torch.dtype) -> str:
-    """How dot multiplies: exact fp32 under TRITON_INTERPRET=1 (its bf16 tl.dot is wrong,
-    TOOLING.md 3), 3xTF32 for fp32 inputs on a GPU, the input dtype's tensor cores otherwise."""
-    if interpreted():
-        return "ieee"
-    return "tf32x3" if dtype == torch.float32 else "native"
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +272,7 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
         q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
         GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=_block_d(d), N=n,
         N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT=_dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, num_warps=4,
+        DOT=dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -1036,7 +1028,7 @@ def _meta(q: Tensor, kv_heads: int) -> dict[str, object]:
     group_p = triton.next_power_of_2(group)
     d = q.shape[3]
     config = _attention_config(group_p)
-    return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=_dot_mode(q.dtype),
+    return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=dot_mode(q.dtype),
                 NEAR_P=triton.next_power_of_2(config["BLOCK_Q"] + reference.LOCAL_WINDOW), **config)
 
 

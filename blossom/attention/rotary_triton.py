@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
-from blossom.attention.triton_common import dot, interpreted
+from blossom.attention.triton_common import dot, dot_mode, interpreted
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
 # The projection kernel's tokens, input features and columns per program, warps and pipelining: of
@@ -238,7 +238,7 @@ def _project_applies(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, d
 
 
 def _project(
-    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
+    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int, d: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The projection kernel: (*_split(F.linear(x, w_qkv), ...), F.linear(x, w_gate, b_gate)) in one
     pass over x, one launch instead of three. H100, B = 64, bf16, L = 4096: 134-137 us where the two
@@ -251,7 +251,6 @@ def _project(
     L = 200-8192): the forward kernel 0.91-0.94x, compression 0.86-1.01x, this kernel 1.02-1.04x,
     the STIS dq kernel 1.01-1.08x; the layer's inference step 0.947-0.961x, training's 0.984-0.996x."""
     b, length, hidden = x.shape
-    d = reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)
     rows = x.reshape(b * length, hidden)
     q = x.new_empty(b, length, n_heads, d)
     k, v = (x.new_empty(b, kv_heads, length, d) for _ in range(2))
@@ -263,7 +262,7 @@ def _project(
         rows, w_qkv, w_gate, b_gate, cos, sin, q, k, v, logits, *rows.stride(), *w_qkv.stride(), *w_gate.stride(),
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
         HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, BLOCK_K=_PROJECT_K,
-        DOT="ieee" if interpreted() else "native", num_warps=_PROJECT_WARPS, num_stages=_PROJECT_STAGES,
+        DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS, num_stages=_PROJECT_STAGES,
     )  # fmt: skip
     return q.transpose(1, 2), k, v, logits
 
@@ -299,8 +298,9 @@ class _ProjectSplitRope(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         ctx.save_for_backward(x, w_qkv, w_gate)
         ctx.heads = (n_heads, kv_heads)
-        if _project_applies(x, w_qkv, w_gate, b_gate, reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)):
-            return _project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+        d = reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)
+        if _project_applies(x, w_qkv, w_gate, b_gate, d):
+            return _project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads, d)
         return *_split(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
 
     @staticmethod

@@ -40,6 +40,14 @@ def dot(a, b, MODE: tl.constexpr):
     return out
 
 
+def dot_mode(dtype: torch.dtype) -> str:
+    """dot's MODE for inputs of this dtype: exact fp32 under TRITON_INTERPRET=1 (its bf16 tl.dot
+    is wrong, TOOLING.md 3), 3xTF32 for fp32 inputs on a GPU, the input dtype's tensor cores otherwise."""
+    if interpreted():
+        return "ieee"
+    return "tf32x3" if dtype == torch.float32 else "native"
+
+
 def empty_blhd(like: Tensor, heads: int, dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised [B, heads, L, d] tensor (like's dtype unless given) stored as [B, L, heads,
     d]: merging heads after the attention (reference.merge_heads) is then free, and it matches
