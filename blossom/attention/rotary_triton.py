@@ -35,11 +35,17 @@ from blossom.attention import reference
 from blossom.attention.triton_common import dot, dot_mode, interpreted
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
-# The projection kernel's tokens, input features and columns per program, warps and pipelining: of
-# 28 tilings on an H100 (B = 64, bf16) the fastest at L = 512 (24 us) and within 6% of the fastest
-# at 4096 (139 us; results/bench/raw-2026-11-27-session14/ab_projection_kernel_h100.txt). Three
-# pipeline stages, Triton's default, took 177 us there: the loop has two steps at D = 128
-_PROJECT_ROWS, _PROJECT_K, _PROJECT_COLS, _PROJECT_WARPS, _PROJECT_STAGES = 64, 64, 64, 4, 1
+# The projection kernel's tokens and columns per program, warps, and programs per SM (each keeps its
+# block of the weights and walks token tiles). H100, B = 64, bf16, CUDA graphs: 0.75-0.79x the
+# previous kernel's time (a program per tile, reloading the weights) at L = 200-8192, 106.5 against
+# 137.5 us at 4096; 4 programs per SM the fastest or within 3.3% of 5-16 at every L, which were up to
+# 1.22x slower at short L; the previous kernel's K loop inside the tile loop 1.5-1.8x
+# (results/bench/raw-2026-11-27-session18/). The tile is session 14's, the fastest of 28 there; one
+# pipeline stage: 2 or 3 over the tile loop took 1.13-1.61x (do_bench), as over session 14's K loop
+_PROJECT_ROWS, _PROJECT_COLS, _PROJECT_WARPS, _PROJECT_PER_SM = 64, 64, 4, 4
+# the widest x the kernel takes: its x tile [64, D] and weight block [D, 64] (or [D, d]) sit in
+# shared memory whole; wider models run the Linears
+_PROJECT_MAX_HIDDEN = 256
 _TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
 
@@ -137,49 +143,49 @@ def _project_fwd(
     X, W, WG, BG, COS, SIN, Q, K, V, GL,
     sx_t, sx_d, sw_o, sw_i, swg_o, swg_i,
     n_tokens, length, hidden, q_width, kv_width, gl_width,
-    HALF: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+    HALF: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HIDDEN_P: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
-    """One block of BLOCK_N columns of [x W_qkv^T | x W_gate^T + b_gate] for ROWS tokens, rounded
-    to x's dtype as the Linears round, q's and k's columns then rotated as _rotary_fwd rotates
-    them, each column stored to its buffer (q and the logits contiguous [B, L, width], k and v
-    [B, G, L, d]: _project says why). A token tile's column blocks are consecutive programs, so
-    they share its x rows in L2 (a 1-D grid: no 65535 limit on the token tiles). A block starts
-    at a head boundary (BLOCK_N is a multiple of d = 2 HALF), so _rotate's angles line up; it
-    rotates v's and the logits' columns too, which are then not used."""
+    """One block of BLOCK_N columns of [x W_qkv^T | x W_gate^T + b_gate], for token tiles of ROWS
+    tokens strided by the programs per block, rounded to x's dtype as the Linears round, q's and
+    k's columns then rotated as _rotary_fwd rotates them, each column stored to its buffer (q and
+    the logits contiguous [B, L, width], k and v [B, G, L, d]: _project says why). The program
+    loads its weight block [HIDDEN_P, BLOCK_N] once and keeps it (_project gives the times); the
+    column blocks of a token tile are consecutive programs, so they share its x rows in L2. A
+    block starts at a head boundary (BLOCK_N is a multiple of d = 2 HALF), so _rotate's angles
+    line up; it rotates v's and the logits' columns too, which are then not used."""
     qkv_width = q_width + 2 * kv_width
     n_blocks = tl.cdiv(qkv_width + gl_width, BLOCK_N)
     col = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    tok = (tl.program_id(0) // n_blocks) * ROWS + tl.arange(0, ROWS)
-    tok_ok = tok < n_tokens
     in_qkv = col < qkv_width
     gate_col = col - qkv_width
     in_gate = (gate_col >= 0) & (gate_col < gl_width)
-    x_rows = X + tok.to(tl.int64)[:, None] * sx_t
-    acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = kk < hidden
-        x = tl.load(x_rows + kk[None, :] * sx_d, mask=tok_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(W + col[None, :] * sw_o + kk[:, None] * sw_i, mask=k_ok[:, None] & in_qkv[None, :], other=0.0)
-        w += tl.load(WG + gate_col[None, :] * swg_o + kk[:, None] * swg_i, mask=k_ok[:, None] & in_gate[None, :],
-                     other=0.0)  # fmt: skip
-        acc += dot(x, w, DOT)
+    kk = tl.arange(0, HIDDEN_P)
+    k_ok = kk < hidden
+    w = tl.load(W + col[None, :] * sw_o + kk[:, None] * sw_i, mask=k_ok[:, None] & in_qkv[None, :], other=0.0)
+    w += tl.load(WG + gate_col[None, :] * swg_o + kk[:, None] * swg_i, mask=k_ok[:, None] & in_gate[None, :], other=0.0)
     bias = tl.load(BG + gate_col, mask=in_gate, other=0.0).to(tl.float32)
-    y = (acc + bias[None, :]).to(X.dtype.element_ty)
-    rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
-    y = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
-    rows = tok.to(tl.int64)[:, None]
-    tl.store(Q + rows * q_width + col[None, :], y.to(Q.dtype.element_ty), mask=tok_ok[:, None] & (col < q_width)[None, :])
     d = 2 * HALF
-    # k's and v's offsets as a row term (b, g = 0, position) plus a column term (g, c), each formed
-    # once: formed per element they took 100 registers, 4 programs per SM where 96 fit 5 (H100)
-    kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None] * d
-    for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
-        local = col - q_width - part * kv_width
-        dst = K if part == 0 else V
-        offs = kv_rows + ((local // d).to(tl.int64) * length * d + local % d)[None, :]
-        tl.store(dst + offs, y.to(dst.dtype.element_ty), mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])
-    tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty), mask=tok_ok[:, None] & in_gate[None, :])
+    for tile in range(tl.program_id(0) // n_blocks, tl.cdiv(n_tokens, ROWS), tl.num_programs(0) // n_blocks):
+        tok = tile * ROWS + tl.arange(0, ROWS)
+        tok_ok = tok < n_tokens
+        rows = tok.to(tl.int64)[:, None]
+        x = tl.load(X + rows * sx_t + kk[None, :] * sx_d, mask=tok_ok[:, None] & k_ok[None, :], other=0.0)
+        y = (dot(x, w, DOT) + bias[None, :]).to(X.dtype.element_ty)
+        rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
+        y = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
+        tl.store(Q + rows * q_width + col[None, :], y.to(Q.dtype.element_ty),
+                 mask=tok_ok[:, None] & (col < q_width)[None, :])  # fmt: skip
+        # k's and v's offsets as a row term (b, g = 0, position) plus a column term (g, c), each
+        # formed once: formed per element they took 100 registers where 96 fit 5 programs per SM
+        # (session 15's kernel, H100)
+        kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None] * d
+        for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
+            local = col - q_width - part * kv_width
+            dst = K if part == 0 else V
+            offs = kv_rows + ((local // d).to(tl.int64) * length * d + local % d)[None, :]
+            tl.store(dst + offs, y.to(dst.dtype.element_ty),
+                     mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
+        tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty), mask=tok_ok[:, None] & in_gate[None, :])
 
 
 def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tuple[int], dict[str, int]]:
@@ -229,22 +235,29 @@ def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length:
 def _project_applies(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, d: int) -> bool:
     """The projection kernel's case: fp16/bf16 on a GPU (or the interpreter, in which the CPU tests
     run it), one dtype for x and the weights, no autocast (its Linears cast first), and a head dim
-    that is a power of two (blocks of columns start at head boundaries). Otherwise the two Linears
-    and _split run, as for fp32 on a GPU, where cuBLAS's fp32 GEMMs are what the reference does."""
+    that is a power of two (blocks of columns start at head boundaries), x no wider than
+    _PROJECT_MAX_HIDDEN. Otherwise the two Linears and _split run, as for fp32 on a GPU, where
+    cuBLAS's fp32 GEMMs are what the reference does."""
     same_dtype = all(t.dtype == x.dtype for t in (w_qkv, w_gate, b_gate))
-    if not same_dtype or d & (d - 1) or torch.is_autocast_enabled(x.device.type):
+    too_wide = x.shape[-1] > _PROJECT_MAX_HIDDEN
+    if not same_dtype or d & (d - 1) or too_wide or torch.is_autocast_enabled(x.device.type):
         return False
     return interpreted() or (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16))
+
+
+def _sm_count(device: torch.device) -> int:
+    """The GPU's multiprocessors, which the projection kernel's programs fill; 1 under the
+    interpreter (a few programs, each walking several token tiles, as on a GPU)."""
+    return 1 if interpreted() else torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _project(
     x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int, d: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The projection kernel: (*_split(F.linear(x, w_qkv), ...), F.linear(x, w_gate, b_gate)) in one
-    pass over x, one launch instead of three. H100, B = 64, bf16, L = 4096: 134-137 us where the two
+    pass over x, one launch instead of three. H100, B = 64, bf16, L = 4096: 106.5 us where the two
     GEMMs and _rotary_fwd took ~165-170 (a pass over the data would take ~60: the kernel is not at the
-    memory's speed); the layer's inference step 0.977x, training's 0.991-0.994x (L = 512 and 4096,
-    results/bench/README.md, session 14).
+    memory's speed); results/bench/README.md, sessions 14 and 18.
 
     k and v come out head-major ([B, G, L, d] buffers; q stays [B, L, H, d], whose rows the dk/dv
     kernels gather a query's heads from at once). Same process against [B, L, G, d] (session 15,
@@ -257,12 +270,13 @@ def _project(
     logits = x.new_empty(b, length, w_gate.shape[0])
     cos, sin = _tables(length, d, x.device)
     block_n = max(_PROJECT_COLS, d)
-    grid = (triton.cdiv(w_qkv.shape[0] + w_gate.shape[0], block_n) * triton.cdiv(b * length, _PROJECT_ROWS),)
-    _project_fwd[grid](
+    n_blocks = triton.cdiv(w_qkv.shape[0] + w_gate.shape[0], block_n)
+    per_block = min(triton.cdiv(b * length, _PROJECT_ROWS), max(1, _sm_count(x.device) * _PROJECT_PER_SM // n_blocks))
+    _project_fwd[(n_blocks * per_block,)](
         rows, w_qkv, w_gate, b_gate, cos, sin, q, k, v, logits, *rows.stride(), *w_qkv.stride(), *w_gate.stride(),
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
-        HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, BLOCK_K=_PROJECT_K,
-        DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS, num_stages=_PROJECT_STAGES,
+        HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, HIDDEN_P=max(16, triton.next_power_of_2(hidden)),
+        DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS, num_stages=1,
     )  # fmt: skip
     return q.transpose(1, 2), k, v, logits
 

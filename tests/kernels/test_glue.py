@@ -137,6 +137,20 @@ def test_projection_kernel_writes_kv_head_major() -> None:
     assert k.transpose(1, 2).is_contiguous() and v.transpose(1, 2).is_contiguous()
 
 
+@pytest.mark.parametrize(("hidden", "kernel"), [(256, True), (264, False)])
+def test_projection_kernel_takes_x_up_to_256_wide(hidden: int, kernel: bool) -> None:
+    """The kernel holds a whole [64, D] tile of x and its [D, 64] weight block, so it takes D <= 256
+    (k and v head-major); wider x runs the Linears ([B, L, G, d]). The reference's values either way."""
+    gen = torch.Generator().manual_seed(hidden)
+    x = torch.randn(2, 70, hidden, generator=gen)
+    w_qkv, w_gate = (torch.randn(n, hidden, generator=gen) / hidden**0.5 for n in (8 * 16, 8))
+    b_gate = torch.randn(8, generator=gen)
+    got = project_split_rope(x, w_qkv, w_gate, b_gate, 4, 2)
+    assert got[1].is_contiguous() == kernel and got[1].transpose(1, 2).is_contiguous() != kernel
+    for g, r in zip(got, reference.project_split_rope(x, w_qkv, w_gate, b_gate, 4, 2), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)  # fp32, exact products: summation order only
+
+
 def test_projection_gradient_of_unused_logits_is_zero() -> None:
     """Logits no loss reads: the gate's weight and bias get zero gradients, the qkv weight its own."""
     args = project_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
