@@ -306,9 +306,8 @@ class _ProjectSplitRope(torch.autograd.Function):
     is one GEMM too, dy^T x with fp32 sums, so x is read once (H100, B = 64, bf16: the training step's
     GPU work 0.978-0.986x at L = 200-8192); in fp32 a stacked GEMM's gate rows failed the tolerance
     rule in 6 of 16 GPU shapes (2.6-2.9x the reference's error; why, I did not find out), so there
-    the two GEMMs stay, as the Linears' autograd runs them. Under autocast
-    the GEMMs run in its dtype, as a Linear's would (custom_fwd / custom_bwd keep the forward's
-    autocast state)."""
+    the two GEMMs stay, as the Linears' autograd runs them. Under autocast the GEMMs run in its
+    dtype, as a Linear's would (custom_fwd / custom_bwd keep the forward's autocast state)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
@@ -336,11 +335,12 @@ class _ProjectSplitRope(torch.autograd.Function):
         dy = _merge((dq, dk, dv), dgl, b, length, n_heads, kv_heads, d, gl_width)
         dx = (dy @ torch.cat([w_qkv, w_gate])).view(x.shape)
         rows = x.reshape(b * length, -1)
-        d_qkv, d_gl = dy[:, :qkv_width], dy[:, qkv_width:]
+        d_gl = dy[:, qkv_width:]
         if dy.is_cuda and dy.dtype == rows.dtype and dy.dtype in (torch.float16, torch.bfloat16):
-            dw = torch.mm(dy.t(), rows, out_dtype=torch.float32).to(dy.dtype)
-            return dx, dw[:qkv_width], dw[qkv_width:], d_gl.sum(0), None, None
-        return dx, d_qkv.t() @ rows, d_gl.t() @ rows, d_gl.sum(0), None, None
+            dw_qkv, dw_gl = torch.mm(dy.t(), rows, out_dtype=torch.float32).to(dy.dtype).split([qkv_width, gl_width])
+        else:
+            dw_qkv, dw_gl = dy[:, :qkv_width].t() @ rows, d_gl.t() @ rows
+        return dx, dw_qkv, dw_gl, d_gl.sum(0), None, None
 
 
 def _check_split(width: int, n_heads: int, kv_heads: int) -> None:
