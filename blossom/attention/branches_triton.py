@@ -24,6 +24,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import ltis_triton, stis_triton
 from blossom.attention.gate_triton import check_gate_args, gated_mix, weight_grad
+from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.reference import merge_heads
 from blossom.attention.triton_common import device_lengths
 
@@ -54,9 +55,9 @@ def _branches_backward(
     gate: (logits, their gradient) [B * L, 2H]; dltis and dstis are then both the mix's gradient.
     dq is fp32 where LTIS adds it with atomics (ltis_triton.uses_atomics), else in the inputs'
     dtype: the callers cast it. LTIS's inverted index is built first, before any gradient buffer
-    exists: its sort's temporaries then never sit on top of them (the step's peak memory)."""
+    exists: its buffers then never sit on top of them (the step's peak memory)."""
     q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = saved
-    index = ltis_triton.inverted_index(block_idx, seq_len)
+    index = inverted_index(block_idx, seq_len)
     atomics = ltis_triton.uses_atomics()
     prepared = None
     if gate is not None and atomics:  # LTIS's delta and gates, written by the STIS dq kernel

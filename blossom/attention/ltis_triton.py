@@ -25,9 +25,9 @@ own query's 16 columns ([16, 16]: a quarter of the exponentials) and spreads the
 back for the tensor-core product with V. The own block is one [16, d] tile shared by the whole
 program (a 16-aligned tile never straddles blocks). The forward stores the fp32 logsumexp; the
 backward recomputes probabilities. dk/dv use an inverted index instead of atomics: the (query,
-block) pairs are sorted by block (one small kernel writes the sort keys, int16 where they fit, then
-torch.sort, stable, so the sums are deterministic), and one program per key block gathers its own
-block's 16 queries (causal), then every query that selected it, in chunks of 16 queries x H/G heads:
+block) pairs sorted by block (ltis_index_triton: a counting sort, stable, so the sums are
+deterministic), and one program per key block gathers its own block's 16 queries (causal), then
+every query that selected it, in chunks of 16 queries x H/G heads:
 three small tensor-core dots per chunk against the block's K and V (an atomic scatter of dk/dv would
 issue B*H*L*n*16*d*2 fp32 atomics, ~4e9 at B=64, L=4096). dq comes from the same steps: a fourth dot
 per chunk, its [16 H/G, d] rows added with atomics (B*H*L*(n+1)*d, ~0.17e9 at that shape) to the
@@ -74,6 +74,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
+from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.triton_common import (
     LOG2E, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, valid_length,
 )
@@ -758,8 +759,8 @@ def _ltis_bwd_dkdv(
     )  # fmt: skip
 
     listed = j < num_blocks  # the last, partial block is never selectable
-    start = tl.load(OFFSETS + bg * num_blocks + j, mask=listed, other=0)
-    end = tl.load(OFFSETS + bg * num_blocks + j + 1, mask=listed, other=0)
+    start = tl.load(OFFSETS + bg * (num_blocks + 1) + j, mask=listed, other=0)  # ltis_index_triton's rows
+    end = tl.load(OFFSETS + bg * (num_blocks + 1) + j + 1, mask=listed, other=0)
     rank = queries - j * _BLOCK  # 0..15: the row's query within the chunk
     for c in range(start, end, _BLOCK):
         sel_ok = c + rank < end
@@ -778,53 +779,6 @@ def _ltis_bwd_dkdv(
     out_ok = (keys < length)[:, None] & col_ok
     _store_grad(DK + out_ptrs, dk * scale, out_ok, ACCUMULATE)
     _store_grad(DV + out_ptrs, dv, out_ok, ACCUMULATE)
-
-
-@triton.jit
-def _pair_keys(
-    IDX, SEQ_LEN, KEYS, s_b, s_g, s_l, s_t, length, kv_heads, n_slots, num_blocks, n_pairs, left_out, shift,
-    BLOCK: tl.constexpr,
-):  # fmt: skip
-    """Sort key of every (batch, kv head, query, slot) pair, in that flat order: its CSR row
-    (b * G + g) * nb + block, or left_out = B * G * nb (past every row) for a pair that
-    is left out; plus shift, which moves the keys into KEYS' integer range."""
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    in_range = i < n_pairs
-    slot = i % n_slots
-    query = (i // n_slots) % length
-    bg = i // (n_slots * length)
-    b = bg // kv_heads
-    blk = tl.load(IDX + b * s_b + (bg % kv_heads) * s_g + query * s_l + slot * s_t, mask=in_range, other=-1)
-    live = blk >= 0
-    if SEQ_LEN is not None:
-        live = live & (query < tl.load(SEQ_LEN + b, mask=in_range, other=0))
-    key = tl.where(live, bg * num_blocks + blk.to(tl.int32), left_out) + shift
-    tl.store(KEYS + i, key.to(KEYS.dtype.element_ty), mask=in_range)
-
-
-def _invert(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
-    """CSR of the (query, slot) pairs that selected each block: offsets [B*G*nb + 1] int32 and
-    the pairs' flat (b, g, query, slot) positions in block order (int64 from the sort; the dk/dv
-    kernel takes query = position // n - (b * G + g) * L).
-
-    Pairs with slot -1 or a query at or past seq_len are left out. A stable sort keeps each
-    block's queries in ascending order: deterministic sums and neighbouring q rows per chunk.
-    One kernel for the keys, the sort, one search: few launches, as the host is what a step at
-    short L waits for.
-    """
-    b, g, length, n = block_idx.shape
-    num_blocks = length // reference.BLOCK
-    n_pairs, n_rows = block_idx.numel(), b * g * num_blocks
-    # the radix sort makes one pass per key byte: int16 keys (0 .. n_rows shifted by -2^15) where
-    # they fit, as at B = 64, L <= 4096, G = 2, else int32 (the sort took 0.10 ms at L = 4096)
-    dtype, shift = (torch.int16, -(2**15)) if n_rows < 2**16 else (torch.int32, 0)
-    keys = torch.empty(n_pairs, device=block_idx.device, dtype=dtype)
-    _pair_keys[(triton.cdiv(n_pairs, 1024),)](
-        block_idx, seq_len, keys, *block_idx.stride(), length, g, n, num_blocks, n_pairs, n_rows, shift, BLOCK=1024
-    )
-    keys, order = torch.sort(keys, stable=True)
-    rows = torch.arange(shift, n_rows + 1 + shift, device=block_idx.device, dtype=dtype)
-    return torch.searchsorted(keys, rows, out_int32=True), order
 
 
 def _stages(tile_bytes: int) -> int:
@@ -923,14 +877,6 @@ def _launch_forward(
         *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *written.stride(), *logit_strides(gate_logits),
         length, block_idx.shape[3], _stis_powers(length), kv_heads, scale * LOG2E.value, **meta, STIS=with_stis,
     )  # fmt: skip
-
-
-def inverted_index(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The dk/dv kernel's CSR (_invert), or an empty one where no block is selectable."""
-    if block_idx.shape[3] and block_idx.shape[2] >= reference.BLOCK:
-        return _invert(block_idx, seq_len)
-    empty = torch.zeros(1, device=block_idx.device, dtype=torch.int32)
-    return empty, empty.long()
 
 
 def uses_atomics() -> bool:

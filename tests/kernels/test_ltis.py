@@ -243,33 +243,6 @@ def test_padding_is_never_read(device: str) -> None:
     check_padding_with_selection(lambda q, k, v, idx, n: ltis_attention(q, k, v, idx, SCALE, n), device)
 
 
-def torch_csr(block_idx: Tensor, seq_len: Tensor) -> tuple[Tensor, Tensor]:
-    """What ltis_triton._invert computes, in plain torch: per (batch, kv head, block) row the
-    flat positions of the (query, slot) pairs that selected it, ascending; -1 slots and queries
-    at or past seq_len left out."""
-    b, g, length, _ = block_idx.shape
-    num_blocks = length // reference.BLOCK
-    query = torch.arange(length, device=block_idx.device)[None, None, :, None]
-    live = (block_idx >= 0) & (query < seq_len[:, None, None, None])
-    bg = torch.arange(b * g, device=block_idx.device).view(b, g, 1, 1)
-    rows = torch.where(live, bg * num_blocks + block_idx, b * g * num_blocks).flatten()
-    order = torch.argsort(rows, stable=True)
-    starts = torch.arange(b * g * num_blocks + 1, device=block_idx.device)
-    return torch.searchsorted(rows[order], starts).int(), order
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
-@pytest.mark.parametrize("shape", [(3, 2, 70, 4), (255, 1, 4112, 1), (256, 1, 4096, 1)],
-                         ids=["int16-keys", "int16-keys-last-fitting", "int32-keys"])  # B * G * nb = 24, 65535, 65536
-def test_inverted_index_matches_a_torch_csr(shape: tuple[int, int, int, int], device: str) -> None:
-    gen = torch.Generator().manual_seed(0)
-    block_idx = torch.randint(-1, shape[2] // reference.BLOCK, shape, generator=gen, dtype=torch.int32).to(device)
-    seq_len = torch.randint(1, shape[2] + 1, shape[:1], generator=gen, dtype=torch.int32).to(device)
-    offsets, order = ltis_triton._invert(block_idx, seq_len)
-    want_offsets, want_order = torch_csr(block_idx.long(), seq_len.long())
-    assert torch.equal(offsets, want_offsets) and torch.equal(order, want_order)
-
-
 @contextmanager
 def deterministic_algorithms() -> Iterator[None]:
     """torch.use_deterministic_algorithms(True) inside; warn_only, or the references' cuBLAS
