@@ -136,12 +136,12 @@ def inverted_index(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, T
     offsets = torch.empty(segments * (num_blocks + 1) + 1, device=device, dtype=torch.int32)
     order = torch.empty(segments * per_segment, device=device, dtype=torch.int32)
     pairs = (block_idx, seq_len)
-    shape = (*block_idx.stride(), length, g, num_blocks)
-    _tile_histograms[(n_tiles, segments)](*pairs, counts, *shape, n_tiles, N_SLOTS=n, TILE=tile, ROWS_P=rows_p)
+    pairs_layout = (*block_idx.stride(), length, g, num_blocks)  # what _tile_rows reads the pairs with
+    _tile_histograms[(n_tiles, segments)](*pairs, counts, *pairs_layout, n_tiles, N_SLOTS=n, TILE=tile, ROWS_P=rows_p)
     _tile_starts[(segments,)](
         counts, offsets, segments, n_tiles, num_blocks + 1, per_segment,
         ROWS_P=rows_p, TILES_P=triton.next_power_of_2(n_tiles), CHUNK=min(_ROW_CHUNK, rows_p),
     )  # fmt: skip
-    _scatter_pairs[(n_tiles, segments)](*pairs, counts, order, *shape, n_tiles, per_segment, N_SLOTS=n, TILE=tile,
-                                        ROWS_P=rows_p, num_warps=_SCATTER_WARPS)  # fmt: skip
+    _scatter_pairs[(n_tiles, segments)](*pairs, counts, order, *pairs_layout, n_tiles, per_segment, N_SLOTS=n,
+                                        TILE=tile, ROWS_P=rows_p, num_warps=_SCATTER_WARPS)  # fmt: skip
     return offsets, order

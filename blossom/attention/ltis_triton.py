@@ -764,9 +764,10 @@ def _ltis_bwd_dkdv(
     rank = queries - j * _BLOCK  # 0..15: the row's query within the chunk
     for c in range(start, end, _BLOCK):
         sel_ok = c + rank < end
-        # flat (b, g, query, slot) position of the pair; int32 and a constexpr divisor (a shift
-        # for n = 4): with int64 division by runtime values this kernel took 1.4x as long (H100)
-        pair = tl.load(ORDER + c + rank, mask=sel_ok, other=0).to(tl.int32)
+        # flat (b, g, query, slot) position of the pair, int32 as ltis_index_triton writes it, and a
+        # constexpr divisor (a shift for n = 4): with int64 division by runtime values this kernel
+        # took 1.4x as long (H100)
+        pair = tl.load(ORDER + c + rank, mask=sel_ok, other=0)
         sel = tl.where(sel_ok, pair // N_SLOTS - bg * length, 0)
         dk, dv = _dkdv_rows(
             dk, dv, k, v, keys, sel, heads, head_ok & sel_ok,
