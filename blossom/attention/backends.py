@@ -14,6 +14,9 @@ by default when CUDA is present. Every backend implements the same signatures:
 - merge(ltis, stis, gate_logits, weight) -> [B, L, D]     (gated sum, heads merged, projected)
 - attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight) -> [B, L, D]
                                                           (merge(*branches(...), ...); may fuse more)
+- layer(x, w_qkv, w_gate, b_gate, n_heads, kv_heads, choose, scale, seq_len, weight) -> [B, L, D]
+                                                          (attend of project's outputs, block_idx = choose(q, k)
+                                                          without gradient; may fuse all of it)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Backend:
     project: Callable
     merge: Callable
     attend: Callable
+    layer: Callable
 
 
 def _torch_select(q, ck, scale, num_selected):
@@ -60,9 +64,17 @@ def _torch_attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight):
     return reference.gated_merge(*_torch_branches(q, k, v, block_idx, scale, seq_len), gate_logits, weight)
 
 
+def _torch_layer(x, w_qkv, w_gate, b_gate, n_heads, kv_heads, choose, scale, seq_len, weight):
+    """The reference projection, the blocks chosen without gradient, then _torch_attend."""
+    q, k, v, gate_logits = reference.project_split_rope(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+    with torch.no_grad():
+        block_idx = choose(q, k)
+    return _torch_attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight)
+
+
 TORCH = Backend("torch", reference.stis_attention, reference.compress_keys, _torch_select, reference.ltis_attention,
                 _torch_branches, reference.split_heads_rope, reference.project_split_rope, reference.gated_merge,
-                _torch_attend)
+                _torch_attend, _torch_layer)
 
 
 def triton_available() -> bool:
@@ -81,4 +93,5 @@ def get_backend(name: str) -> Backend:
     from blossom.attention import triton_ops
 
     return Backend("triton", triton_ops.stis, triton_ops.compress, triton_ops.select, triton_ops.ltis,
-                   triton_ops.branches, triton_ops.split_heads, triton_ops.project, triton_ops.merge, triton_ops.attend)
+                   triton_ops.branches, triton_ops.split_heads, triton_ops.project, triton_ops.merge, triton_ops.attend,
+                   triton_ops.layer)

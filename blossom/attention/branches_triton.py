@@ -17,6 +17,8 @@ results/bench/README.md, session 11).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +28,8 @@ from blossom.attention import ltis_triton, stis_triton
 from blossom.attention.gate_triton import check_gate_args, gated_mix, weight_grad
 from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.reference import merge_heads
+from blossom.attention.rotary_triton import check_projection_args, project_backward, project_forward, project_split_rope
+from blossom.attention.side_stream import SideStream
 from blossom.attention.triton_common import device_lengths
 
 
@@ -54,10 +58,13 @@ def _branches_backward(
     """dq, dk, dv of both branches from what _Branches saves: STIS writes, LTIS adds in place.
     gate: (logits, their gradient) [B * L, 2H]; dltis and dstis are then both the mix's gradient.
     dq is fp32 where LTIS adds it with atomics (ltis_triton.uses_atomics), else in the inputs'
-    dtype: the callers cast it. LTIS's inverted index is built first, before any gradient buffer
-    exists: its buffers then never sit on top of them (the step's peak memory)."""
+    dtype: the callers cast it. LTIS's inverted index is built on the side stream, beside the STIS
+    backward, which does not read it; it is allocated first, before any gradient buffer exists: its
+    buffers then never sit on top of them (the step's peak memory)."""
     q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = saved
-    index = inverted_index(block_idx, seq_len)
+    side = SideStream(q.device)
+    with side:
+        index = inverted_index(block_idx, seq_len)
     atomics = ltis_triton.uses_atomics()
     prepared = None
     if gate is not None and atomics:  # LTIS's delta and gates, written by the STIS dq kernel
@@ -65,6 +72,7 @@ def _branches_backward(
     grads = stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, scale, gate=gate,
                                         dq_dtype=torch.float32 if atomics else None,
                                         ltis=(ltis, *prepared) if prepared else None)  # fmt: skip
+    side.join(*index)
     return ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, scale, gate=gate,
                                        add_to=grads, prepared=prepared, index=index)  # fmt: skip
 
@@ -79,33 +87,104 @@ class _Attend(torch.autograd.Function):
     forward kernel) and frees it; the branches' backward kernels then read the mix's gradient and
     apply the gates themselves (the kernels that score the pairs scale their probabilities and dp by
     the gate; the deterministic LTIS dq kernel and the STIS dq kernel form dO in registers) and
-    write the logits' gradient: no dO buffer per branch."""
+    write the logits' gradient: no dO buffer per branch. The mix and the weight gradient run on the
+    side stream (side_stream.py), beside the mix gradient's GEMM and the STIS backward."""
 
     @staticmethod
     def forward(
         ctx: FunctionCtx, q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None,
         gate_logits: Tensor, weight: Tensor,
     ) -> Tensor:
-        b, heads, length, _ = q.shape
-        gl = gate_logits.reshape(b * length, 2 * heads).contiguous()  # the kernels index dgl with its strides
-        ltis, ltis_lse, stis, stis_lse, mix = ltis_triton.launch_both_forward(q, k, v, block_idx, scale, seq_len, gl)
-        ctx.save_for_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight)
+        out, saved = _attend_forward(q, k, v, block_idx, scale, seq_len, gate_logits, weight)
+        ctx.save_for_backward(*saved)
         ctx.scale, ctx.logits_shape = scale, gate_logits.shape
-        return F.linear(merge_heads(mix), weight.to(q.dtype))
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight = ctx.saved_tensors
-        dout = dout.to(q.dtype)
+        dq, dk, dv, dgl, dweight = _attend_backward(ctx.saved_tensors, ctx.scale, dout)
+        return dq.to(dk.dtype), dk, dv, None, None, None, dgl.view(ctx.logits_shape), dweight
+
+
+def _attend_forward(
+    q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None, gate_logits: Tensor,
+    weight: Tensor,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """_Attend's output and what its backward reads (_attend_backward's saved)."""
+    b, heads, length, _ = q.shape
+    gl = gate_logits.reshape(b * length, 2 * heads).contiguous()  # the kernels index dgl with its strides
+    ltis, ltis_lse, stis, stis_lse, mix = ltis_triton.launch_both_forward(q, k, v, block_idx, scale, seq_len, gl)
+    out = F.linear(merge_heads(mix), weight.to(q.dtype))
+    return out, (q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight)
+
+
+def _attend_backward(saved: tuple[Tensor, ...], scale: float, dout: Tensor) -> tuple[Tensor, ...]:
+    """dq (fp32 where LTIS adds it with atomics, _branches_backward), dk, dv, the logits' gradient
+    [B * L, 2H] and the output projection's weight gradient, from _attend_forward's saved."""
+    q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse, gl, weight = saved
+    dout = dout.to(q.dtype)
+    side = SideStream(q.device)
+    with side:
         dweight = weight_grad(dout, merge_heads(gated_mix(ltis, stis, gl)), weight)  # the mix freed at once
-        b, heads, length, d = q.shape
-        dmix = (dout @ weight.to(q.dtype)).view(b, length, heads, d).transpose(1, 2)
-        dgl = torch.empty_like(gl)
-        saved = (q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse)
-        dq, dk, dv = _branches_backward(saved, ctx.scale, dmix, dmix, gate=(gl, dgl))
-        del dmix  # freed before the cast allocates dq in the inputs' dtype beside the fp32 one
-        return dq.to(q.dtype), dk, dv, None, None, None, dgl.view(ctx.logits_shape), dweight
+    b, heads, length, d = q.shape
+    dmix = (dout @ weight.to(q.dtype)).view(b, length, heads, d).transpose(1, 2)
+    dgl = torch.empty_like(gl)
+    dq, dk, dv = _branches_backward(saved[:9], scale, dmix, dmix, gate=(gl, dgl))
+    side.join(dweight)
+    return dq, dk, dv, dgl, dweight
+
+
+class _ProjectAttend(torch.autograd.Function):
+    """The layer from x to its output, for training: rotary_triton's projection, the block choice
+    and _Attend as one autograd node. _Attend hands autograd an fp32 dq (the LTIS atomics add into
+    it), which autograd casts to q's dtype before the projection's backward (H100, B = 64, bf16: 4.4
+    us at L = 512, 68 at 4096); here the rotary backward kernel reads the fp32 dq itself and writes
+    the projection's gradient rows over it (rotary_triton._rows_over). Saves what
+    _ProjectSplitRope and _Attend would. Under autocast the projection runs its Linears in autocast's
+    dtype (custom_fwd / custom_bwd, as _ProjectSplitRope)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx: FunctionCtx, x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, weight: Tensor, n_heads: int,
+        kv_heads: int, choose: Callable[[Tensor, Tensor], Tensor], scale: float, seq_len: Tensor | None,
+    ) -> Tensor:
+        q, k, v, gate_logits = project_forward(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+        block_idx = choose(q, k)
+        ltis_triton.check_inputs(q, k, v, block_idx, seq_len)
+        check_gate_args(tuple(q.shape), gate_logits, weight)
+        out, saved = _attend_forward(q, k, v, block_idx, scale, seq_len, gate_logits, weight)
+        ctx.save_for_backward(x, w_qkv, w_gate, *saved)
+        ctx.scale, ctx.heads = scale, (n_heads, kv_heads)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dout: Tensor) -> tuple[Tensor | None, ...]:
+        x, w_qkv, w_gate, *saved = ctx.saved_tensors
+        dq, dk, dv, dgl, dweight = _attend_backward(tuple(saved), ctx.scale, dout)
+        grads = project_backward((x, w_qkv, w_gate), ctx.heads, (dq, dk, dv), dgl, dtype=dk.dtype, reuse_dq=True)
+        return *grads, dweight, None, None, None, None, None
+
+
+def project_attend(
+    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int,
+    choose: Callable[[Tensor, Tensor], Tensor], scale: float, seq_len: Tensor | None, weight: Tensor,
+) -> Tensor:
+    """attend(q, k, v, choose(q, k), scale, seq_len, logits, weight) of (q, k, v, logits) =
+    project_split_rope(x, w_qkv, w_gate, b_gate, n_heads, kv_heads): [B, L, D], the same values and
+    gradients (choose, q and k to the selected blocks, is called without gradient), one autograd
+    node in training (_ProjectAttend)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_qkv, w_gate, b_gate, weight)):
+        check_projection_args(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+        return _ProjectAttend.apply(x, w_qkv, w_gate, b_gate, weight, n_heads, kv_heads, choose, scale,
+                                    device_lengths(seq_len, x.device))  # fmt: skip
+    q, k, v, gate_logits = project_split_rope(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+    with torch.no_grad():
+        block_idx = choose(q, k)
+    return attend(q, k, v, block_idx, scale, seq_len, gate_logits, weight)
 
 
 def both_branches(

@@ -34,6 +34,12 @@ _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 
 # window rows per dot (K = 4 d). H100, B = 64, bf16 (2, 4, 8 rows x 64, 128 hidden units): 4 x 128
 # was fastest or within 10% at every L: 25 us at L = 200, 65 us at 4096 (one row per dot: 56, 143)
 _ROWS_PER_STEP = 4
+# The hidden units split across programs while tiles x split < _SPLIT_BELOW x SMs (at B = 64: 2 programs
+# per tile at L = 200-1024, 128 tiles; none from 2048, 256+ tiles). Alone, CUDA graphs, H100, bf16, split 2
+# against none: 0.90x / 0.93x / 0.87x at L = 200 / 512 / 1024, 1.04-1.11x at 2048-8192 (session 20)
+_SPLIT_BELOW = 1  # programs per SM the split stops at
+_COMBINE_ROWS = 128
+_INTERPRETER_SPLIT = 1  # what CPU tests run (they set 2 to cover the split path)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -44,7 +50,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 @triton.jit
 def _compress_fwd(
-    K, POS, W1, B1, W2, B2, CK,
+    K, POS, W1, B1, W2, B2, CK, PART,
     sk_b, sk_g, sk_l, sk_d,
     sp_g, sp_n, sp_d,
     sw1_o, sw1_i, sw2_o, sw2_i,
@@ -52,6 +58,7 @@ def _compress_fwd(
     num_blocks, kv_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, STRIDE: tl.constexpr,
     HIDDEN: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     """ck [BLOCK_J blocks, d] of one (batch, kv head): MLP(window + positions) per block. Each
     step takes ROWS window rows (a [BLOCK_J, ROWS * d] tile against ROWS * d columns of W1):
@@ -71,7 +78,8 @@ def _compress_fwd(
     k_base = K + b.to(tl.int64) * sk_b + g * sk_g
     first = j * STRIDE - (WINDOW - STRIDE)  # window j: keys 16j - 16 .. 16j + 15 (zero left pad)
     out = tl.zeros([BLOCK_J, BLOCK_D], tl.float32)
-    for c0 in range(0, HIDDEN, CHUNK):
+    part = tl.program_id(2)  # SPLIT > 1: this program's share of the hidden units, its output a partial sum
+    for c0 in range(part * (HIDDEN // SPLIT), (part + 1) * (HIDDEN // SPLIT), CHUNK):
         hidden = tl.zeros([BLOCK_J, CHUNK], tl.float32)
         for n0 in range(0, WINDOW, ROWS):
             key = first[:, None] + (n0 + r)[None, :]
@@ -86,9 +94,30 @@ def _compress_fwd(
         hidden = tl.maximum(hidden.to(dtype), 0.0).to(dtype)
         w2 = tl.load(W2 + f[None, :] * sw2_o + (c0 + c)[:, None] * sw2_i, mask=f_ok[None, :], other=0.0)
         out += dot(hidden, w2, PRECISION)  # [CHUNK, d]: W2[f, c0 + c]
+    if SPLIT > 1:  # partials [SPLIT, B * G, num_blocks, BLOCK_D], summed by _compress_combine
+        rows = (part * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * num_blocks + j
+        tl.store(PART + rows[:, None] * BLOCK_D + f[None, :], out, mask=j_ok[:, None])
+    else:
+        out = out + tl.load(B2 + f, mask=f_ok, other=0.0).to(tl.float32)[None, :]
+        ck = CK + b.to(tl.int64) * sc_b + g * sc_g + j[:, None] * sc_n + f[None, :] * sc_d
+        tl.store(ck, out.to(CK.dtype.element_ty), mask=j_ok[:, None] & f_ok[None, :])
+
+
+@triton.jit
+def _compress_combine(PART, B2, CK, sc_b, sc_g, sc_n, sc_d, num_blocks, kv_heads, n_rows,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
+    """ck rows [ROWS] (flat (b, g, block)) = the SPLIT partials summed in order, plus the bias, rounded."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r_ok = r < n_rows
+    f = tl.arange(0, BLOCK_D)
+    f_ok = f < HEAD_DIM
+    out = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    for p in tl.static_range(SPLIT):
+        out += tl.load(PART + (p * n_rows + r.to(tl.int64))[:, None] * BLOCK_D + f[None, :], mask=r_ok[:, None], other=0.0)
     out = out + tl.load(B2 + f, mask=f_ok, other=0.0).to(tl.float32)[None, :]
-    ck = CK + b.to(tl.int64) * sc_b + g * sc_g + j[:, None] * sc_n + f[None, :] * sc_d
-    tl.store(ck, out.to(CK.dtype.element_ty), mask=j_ok[:, None] & f_ok[None, :])
+    bg = r // num_blocks
+    ck = CK + (bg // kv_heads).to(tl.int64) * sc_b + (bg % kv_heads) * sc_g + (r % num_blocks) * sc_n
+    tl.store(ck[:, None] + f[None, :] * sc_d, out.to(CK.dtype.element_ty), mask=r_ok[:, None] & f_ok[None, :])
 
 
 def _compressor_layers(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
@@ -133,12 +162,35 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
         return ck
     first, second = mlp[0], mlp[2]
     block_j = min(64, max(16, triton.next_power_of_2(num_blocks)))
-    _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g)](
-        k, positions, first.weight, first.bias, second.weight, second.bias, ck,
+    tiles = triton.cdiv(num_blocks, block_j) * b * g
+    split = _split(tiles, reference.WINDOW * d, ck.device)
+    block_d = max(16, triton.next_power_of_2(d))
+    part = torch.empty(split, b * g * num_blocks, block_d, device=k.device, dtype=torch.float32) if split > 1 else None
+    _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g, split)](
+        k, positions, first.weight, first.bias, second.weight, second.bias, ck, part,
         *k.stride(), *positions.stride(), *first.weight.stride(), *second.weight.stride(), *ck.stride(),
         num_blocks, g,
-        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
+        HEAD_DIM=d, BLOCK_D=block_d, WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
         HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=_precision(k.dtype),
-        num_warps=4,
+        SPLIT=split, num_warps=4,
     )  # fmt: skip
+    if split > 1:
+        n_rows = b * g * num_blocks
+        _compress_combine[(triton.cdiv(n_rows, _COMBINE_ROWS),)](
+            part, second.bias, ck, *ck.stride(), num_blocks, g, n_rows, HEAD_DIM=d, BLOCK_D=block_d, SPLIT=split,
+            ROWS=_COMBINE_ROWS,
+        )  # fmt: skip
     return ck
+
+
+def _split(tiles: int, hidden: int, device: torch.device) -> int:
+    """Programs per tile of windows, each taking a share of the hidden units: several where the tiles
+    alone would leave SMs idle (L = 512 at B = 64: 128 tiles for 132 SMs), 1 otherwise."""
+    chunks = hidden // _HIDDEN_CHUNK
+    if interpreted() or device.type != "cuda":
+        return _INTERPRETER_SPLIT if chunks % _INTERPRETER_SPLIT == 0 else 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    split = 1
+    while split * 2 <= chunks and chunks % (split * 2) == 0 and tiles * split < _SPLIT_BELOW * sms:
+        split *= 2
+    return split

@@ -115,6 +115,9 @@ class BlossomAttention(nn.Module):
         """x [B, L, D] right-padded, seq_len [B] -> [B, L, D]."""
         ops = self.backend
         learned_gate = self.branches == "both" and self.fixed_gate is None  # the model
+        if learned_gate and not self.compressed:  # one call: the backend may fuse the whole layer
+            return ops.layer(x, self.to_qkv.weight, self.gate.weight, self.gate.bias, self.n_heads, self.kv_heads,
+                             self._choose_blocks, self.scale, seq_len, self.combine_heads.weight)  # fmt: skip
         if learned_gate:  # both projections of x at once: the backend may run them as one GEMM
             q, k, v, gate_logits = ops.project(x, self.to_qkv.weight, self.gate.weight, self.gate.bias, self.n_heads,
                                                self.kv_heads)  # fmt: skip
@@ -136,6 +139,12 @@ class BlossomAttention(nn.Module):
             compressed = self.compressed_gates(x) * self.compressed_attention(q, ck, v, seq_len)
             out = out + self.combine_heads(reference.merge_heads(compressed))
         return out
+
+    def _choose_blocks(self, q: Tensor, k: Tensor) -> Tensor:
+        """LTIS's block choice for ops.layer, which calls it without gradient: the compressed keys,
+        then the top blocks of every query."""
+        ck = self.backend.compress(k, self.k_intrablock_positions, self.k_compress)
+        return self.backend.select(q, ck, self.scale, self.num_selected)
 
     def _merge(self, ltis: Tensor | None, stis: Tensor | None, x: Tensor) -> Tensor:
         """Ablations (one branch, or constant gates): gated sum, heads merged, output projection."""

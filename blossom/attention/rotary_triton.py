@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
+from blossom.attention.side_stream import SideStream
 from blossom.attention.triton_common import dot, dot_mode, interpreted
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
@@ -104,8 +105,10 @@ def _rotary_fwd(
 
 @triton.jit
 def _merge_part(G, s_b, s_h, s_l, s_d, DST, s_dst, tok, length, COS, SIN, n_tokens, width,
-                HALF: tl.constexpr, W_P: tl.constexpr, ROTATE: tl.constexpr):  # fmt: skip
-    """A [B, heads, L, d] gradient of any strides -> columns [0, width) of the rows at DST, rotated back if ROTATE."""
+                HALF: tl.constexpr, W_P: tl.constexpr, ROTATE: tl.constexpr, SYNC: tl.constexpr = False):  # fmt: skip
+    """A [B, heads, L, d] gradient of any strides -> columns [0, width) of the rows at DST, rotated
+    back if ROTATE. SYNC: every thread of the program has read its part of the rows before any
+    writes (DST over G's rows, _merge's in_place)."""
     cols = tl.arange(0, W_P)
     ok = (tok < n_tokens)[:, None] & (cols < width)[None, :]
     pos = tok % length
@@ -113,6 +116,8 @@ def _merge_part(G, s_b, s_h, s_l, s_d, DST, s_dst, tok, length, COS, SIN, n_toke
     x = tl.load(G + row[:, None] + ((cols // (2 * HALF)) * s_h + (cols % (2 * HALF)) * s_d)[None, :], mask=ok, other=0.0)
     if ROTATE:
         x = _rotate(x, pos, COS, SIN, HALF, True)
+    if SYNC:
+        tl.debug_barrier()
     tl.store(DST + tok.to(tl.int64)[:, None] * s_dst + cols[None, :], x.to(DST.dtype.element_ty), mask=ok)
 
 
@@ -124,11 +129,15 @@ def _rotary_bwd(
     sv_b, sv_h, sv_l, sv_d,
     s_out, s_dgl, n_tokens, length, q_width, kv_width, gl_width,
     ROWS: tl.constexpr, HALF: tl.constexpr, QW_P: tl.constexpr, KVW_P: tl.constexpr, GLW_P: tl.constexpr,
+    IN_PLACE: tl.constexpr,
 ):  # fmt: skip
     """dqkv of tokens [pid * ROWS, +ROWS): dq, dk rotated back, dv as is, in the projection's
-    layout; DGL (if not None; row stride s_dgl): the gate logits' gradient, in the columns after dv."""
+    layout; DGL (if not None; row stride s_dgl): the gate logits' gradient, in the columns after dv.
+    IN_PLACE: DQKV's rows are DQ's (its fp32 token rows, which hold them): the program reads its
+    tokens' dq rows whole before it writes them over."""
     tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    _merge_part(DQ, sq_b, sq_h, sq_l, sq_d, DQKV, s_out, tok, length, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
+    _merge_part(DQ, sq_b, sq_h, sq_l, sq_d, DQKV, s_out, tok, length, COS, SIN, n_tokens, q_width, HALF, QW_P, True,
+                IN_PLACE)  # fmt: skip
     _merge_part(DK, sk_b, sk_h, sk_l, sk_d, DQKV + q_width, s_out, tok, length, COS, SIN, n_tokens, kv_width,
                 HALF, KVW_P, True)  # fmt: skip
     _merge_part(DV, sv_b, sv_h, sv_l, sv_d, DQKV + q_width + kv_width, s_out, tok, length, COS, SIN, n_tokens,
@@ -210,9 +219,11 @@ def _split(qkv: Tensor, n_heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Te
 
 
 def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length: int, n_heads: int, kv_heads: int,
-           d: int, gl_width: int) -> Tensor:
-    """The backward kernel: [B * L, (H + 2G) d + gl_width] rows of dqkv and then dgl [B, L, gl_width].
-    A gradient autograd does not pass (None: that output was not used) is zeros."""
+           d: int, gl_width: int, dtype: torch.dtype | None = None, reuse_dq: bool = False) -> Tensor:
+    """The backward kernel: [B * L, (H + 2G) d + gl_width] rows of dqkv and then dgl [B, L, gl_width],
+    in dtype (else the first gradient's). A gradient autograd does not pass (None: that output was
+    not used) is zeros. reuse_dq (the caller reads dq no more): the rows go over dq's buffer where
+    it can hold them (_rows_over), not into a new one."""
     like = next(g for g in (*grads, dgl) if g is not None)
     grads = [g if g is not None else like.new_zeros(b, n, length, d)
              for g, n in zip(grads, (n_heads, kv_heads, kv_heads), strict=True)]
@@ -221,15 +232,33 @@ def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length:
         if dgl.stride(1) != 1:
             dgl = dgl.contiguous()
     width = (n_heads + 2 * kv_heads) * d + gl_width
-    out = like.new_empty(b * length, width)
+    dtype = dtype or like.dtype
+    out = _rows_over(grads[0], dtype, width) if reuse_dq else None
+    in_place = out is not None
+    if not in_place:
+        out = like.new_empty(b * length, width, dtype=dtype)
     cos, sin = _tables(length, d, like.device)
     grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
     _rotary_bwd[grid](
         *grads, cos, sin, out, dgl if gl_width else None, *(s for g in grads for s in g.stride()),
-        width, dgl.stride(0) if gl_width else 0, b * length, length, n_heads * d, kv_heads * d, gl_width,
-        GLW_P=triton.next_power_of_2(max(gl_width, 1)), **meta,
+        out.stride(0), dgl.stride(0) if gl_width else 0, b * length, length, n_heads * d, kv_heads * d, gl_width,
+        GLW_P=triton.next_power_of_2(max(gl_width, 1)), IN_PLACE=in_place, **meta,
     )  # fmt: skip
     return out
+
+
+def _rows_over(dq: Tensor, dtype: torch.dtype, width: int) -> Tensor | None:
+    """[B * L, width] rows of dtype over dq's memory, or None where they do not fit: dq an fp32
+    [B, L, H, d] buffer (empty_blhd's layout, the branches' dq) and dtype 2 bytes wide, so that
+    token t's row lies inside t's 4 H d bytes of dq, none of another token's (the rotary backward
+    kernel reads a token's dq before it writes the token's row), and width <= 2 H d. The fused
+    layer's backward: no [B * L, width] buffer beside the fp32 dq (H100, B = 64, bf16, L = 4096:
+    64 MiB of the training step's peak)."""
+    b, heads, length, d = dq.shape
+    rows_layout = (length * heads * d, d, heads * d, 1)
+    if dq.dtype != torch.float32 or dtype.itemsize != 2 or dq.stride() != rows_layout or width > 2 * heads * d:
+        return None
+    return dq.transpose(1, 2).reshape(b * length, heads * d).view(dtype)[:, :width]
 
 
 def _project_applies(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, d: int) -> bool:
@@ -301,7 +330,8 @@ class _SplitHeadsRope(torch.autograd.Function):
 class _ProjectSplitRope(torch.autograd.Function):
     """x [B, L, D] -> rotated q, k, v as _SplitHeadsRope gives them from x W_qkv^T, and the gate
     logits x W_gate^T + b_gate [B, L, n]. The forward is the two Linears; the backward writes dqkv
-    and the logits' gradient side by side (dy) and takes x's gradient as one GEMM, dy [W_qkv; W_gate]:
+    and the logits' gradient side by side (dy) and takes x's gradient as one GEMM, dy [W_qkv; W_gate]
+    (the weights' and the bias's gradients run beside it on the side stream, side_stream.py):
     no second GEMM and no sum of two [B, L, D] gradients. In fp16/bf16 on a GPU the weights' gradient
     is one GEMM too, dy^T x with fp32 sums, so x is read once (H100, B = 64, bf16: the training step's
     GPU work 0.978-0.986x at L = 200-8192); in fp32 a stacked GEMM's gate rows failed the tolerance
@@ -316,10 +346,7 @@ class _ProjectSplitRope(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         ctx.save_for_backward(x, w_qkv, w_gate)
         ctx.heads = (n_heads, kv_heads)
-        d = reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)
-        if _project_applies(x, w_qkv, w_gate, b_gate, d):
-            return _project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads, d)
-        return *_split(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
+        return project_forward(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -327,20 +354,50 @@ class _ProjectSplitRope(torch.autograd.Function):
     def backward(
         ctx: FunctionCtx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None, dgl: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
-        x, w_qkv, w_gate = ctx.saved_tensors
-        b, length, _ = x.shape
-        n_heads, kv_heads = ctx.heads
-        qkv_width, gl_width = w_qkv.shape[0], w_gate.shape[0]
-        d = reference.head_dim(qkv_width, n_heads, kv_heads)
-        dy = _merge((dq, dk, dv), dgl, b, length, n_heads, kv_heads, d, gl_width)
-        dx = (dy @ torch.cat([w_qkv, w_gate])).view(x.shape)
-        rows = x.reshape(b * length, -1)
-        d_gl = dy[:, qkv_width:]
-        if dy.is_cuda and dy.dtype == rows.dtype and dy.dtype in (torch.float16, torch.bfloat16):
-            dw_qkv, dw_gl = torch.mm(dy.t(), rows, out_dtype=torch.float32).to(dy.dtype).split([qkv_width, gl_width])
-        else:
-            dw_qkv, dw_gl = dy[:, :qkv_width].t() @ rows, d_gl.t() @ rows
-        return dx, dw_qkv, dw_gl, d_gl.sum(0), None, None
+        return *project_backward(ctx.saved_tensors, ctx.heads, (dq, dk, dv), dgl), None, None
+
+
+def project_forward(
+    x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """_ProjectSplitRope's forward without autograd: the projection kernel where it applies, else
+    the two Linears and _split."""
+    d = reference.head_dim(w_qkv.shape[0], n_heads, kv_heads)
+    if _project_applies(x, w_qkv, w_gate, b_gate, d):
+        return _project(x, w_qkv, w_gate, b_gate, n_heads, kv_heads, d)
+    return *_split(F.linear(x, w_qkv), n_heads, kv_heads), F.linear(x, w_gate, b_gate)
+
+
+def project_backward(
+    saved: tuple[Tensor, Tensor, Tensor], heads: tuple[int, int], grads: tuple[Tensor | None, ...], dgl: Tensor | None,
+    dtype: torch.dtype | None = None, reuse_dq: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """_ProjectSplitRope's backward from what it saves, (x, W_qkv, W_gate), and the gradients of q,
+    k, v (any float dtype: the rotary backward kernel reads each in its own and writes dtype, the
+    projection's outputs', else the first gradient's) and of the logits: the gradients of x, W_qkv,
+    W_gate and b_gate. reuse_dq: dq's buffer is the caller's to give up (_merge)."""
+    x, w_qkv, w_gate = saved
+    b, length, _ = x.shape
+    n_heads, kv_heads = heads
+    qkv_width, gl_width = w_qkv.shape[0], w_gate.shape[0]
+    d = reference.head_dim(qkv_width, n_heads, kv_heads)
+    dy = _merge(grads, dgl, b, length, n_heads, kv_heads, d, gl_width, dtype, reuse_dq)
+    side = SideStream(x.device)
+    with side:
+        dw_qkv, dw_gl, db_gate = _parameter_grads(dy, x.reshape(b * length, -1), qkv_width)
+    dx = (dy @ torch.cat([w_qkv, w_gate])).view(x.shape)
+    side.join(dw_qkv, dw_gl, db_gate)
+    return dx, dw_qkv, dw_gl, db_gate
+
+
+def _parameter_grads(dy: Tensor, rows: Tensor, qkv_width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """W_qkv's, W_gate's and b_gate's gradients from dy [B * L, qkv_width + gate rows] and x's rows."""
+    d_gl = dy[:, qkv_width:]
+    if dy.is_cuda and dy.dtype == rows.dtype and dy.dtype in (torch.float16, torch.bfloat16):
+        dw_qkv, dw_gl = torch.mm(dy.t(), rows, out_dtype=torch.float32).to(dy.dtype).split([qkv_width, d_gl.shape[1]])
+    else:
+        dw_qkv, dw_gl = dy[:, :qkv_width].t() @ rows, d_gl.t() @ rows
+    return dw_qkv, dw_gl, d_gl.sum(0)
 
 
 def _check_split(width: int, n_heads: int, kv_heads: int) -> None:
@@ -362,8 +419,13 @@ def project_split_rope(
     x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Same contract as reference.project_split_rope: (*split_heads_rope(x W_qkv^T), x W_gate^T + b_gate)."""
+    check_projection_args(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+    return _ProjectSplitRope.apply(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)
+
+
+def check_projection_args(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int) -> None:
+    """x [B, L, D], W_qkv [(H + 2G) d, D] with an even d, W_gate [n, D] and b_gate [n]."""
     if x.dim() != 3 or w_qkv.shape[1] != x.shape[-1] or w_gate.shape[1] != x.shape[-1] or b_gate.shape != w_gate.shape[:1]:
         raise ValueError(f"need x [B, L, D], weights [*, D] and a gate bias per gate row; got x {tuple(x.shape)}, "
                          f"{tuple(w_qkv.shape)}, {tuple(w_gate.shape)}, {tuple(b_gate.shape)}")
     _check_split(w_qkv.shape[0], n_heads, kv_heads)
-    return _ProjectSplitRope.apply(x, w_qkv, w_gate, b_gate, n_heads, kv_heads)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from blossom.attention import reference
+from blossom.attention import compress_triton, reference
 from blossom.attention.compress_triton import compress_keys
 
 from .cases import BF16, F16, F32, needs_cuda
@@ -60,6 +60,15 @@ def check(b: int, g: int, length: int, d: int, dtype: torch.dtype, device: str, 
 ])
 def test_compress_matches_reference(b, g, length, d, strided) -> None:
     check(b, g, length, d, F32, "cpu", strided, seed=length)
+
+
+@pytest.mark.parametrize("split", [2, 4])
+def test_compress_hidden_units_split_across_programs(monkeypatch: pytest.MonkeyPatch, split: int) -> None:
+    """The split path (GPU launches with few tiles): each program a share of the hidden units, the
+    partials summed by the combine kernel; strided k, d = 8 padded, a partial block at the end."""
+    monkeypatch.setattr(compress_triton, "_INTERPRETER_SPLIT", split)
+    check(2, 2, 100, 16, F32, "cpu", True, seed=split)
+    check(2, 2, 64, 8, F32, "cpu", True, seed=split)
 
 
 def test_compress_block_tiles_and_short_sequences() -> None:

@@ -18,9 +18,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from blossom.attention import reference
+from blossom.attention import reference, rotary_triton
 from blossom.attention.gate_triton import gated_merge
 from blossom.attention.rotary_triton import project_split_rope, split_heads_rope
+from blossom.attention.triton_common import empty_blhd
 
 from .cases import BF16, F16, F32, needs_cuda
 from .tolerance import assert_close_to_reference
@@ -193,6 +194,38 @@ def test_merge_saves_no_activation_of_its_own() -> None:
     out = gated_merge(*args)
     saved = {t.untyped_storage().data_ptr() for t in out.grad_fn.saved_tensors}
     assert saved <= {a.untyped_storage().data_ptr() for a in args} and len(saved) == 4
+
+
+def check_rows_over_dq(b: int, length: int, h: int, g: int, d: int, dtype: torch.dtype, device: str) -> None:
+    """The rotary backward kernel writing dy over the fp32 dq it reads (the fused layer's backward)
+    gives the rows it writes into a new buffer, bit for bit; where the rows do not fit (h = g: 3 h d
+    + gate columns > 2 h d), a new buffer."""
+    gen = torch.Generator(device=device).manual_seed(length)
+    dq = empty_blhd(torch.empty(b, h, length, d, device=device), h, torch.float32)
+    dq.copy_(torch.randn(dq.shape, generator=gen, device=device))
+    dk, dv = (torch.randn(b, g, length, d, generator=gen, device=device).to(dtype) for _ in range(2))
+    dgl = torch.randn(b * length, 2 * h, generator=gen, device=device).to(dtype)
+    args = (dgl, b, length, h, g, d, 2 * h, dtype)
+    fresh = rotary_triton._merge((dq, dk, dv), *args)
+    over = rotary_triton._merge((dq, dk, dv), *args, reuse_dq=True)
+    fits = (h + 2 * g) * d + 2 * h <= 2 * h * d
+    assert (over.untyped_storage().data_ptr() == dq.untyped_storage().data_ptr()) == fits
+    assert torch.equal(over, fresh)
+
+
+@pytest.mark.parametrize(("b", "length", "h", "g"), [(2, 37, 4, 2), (1, 5, 4, 1), (2, 9, 2, 2)])
+def test_rotary_backward_writes_dy_over_fp32_dq(b: int, length: int, h: int, g: int) -> None:
+    check_rows_over_dq(b, length, h, g, 16, BF16, "cpu")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("b", "length", "h", "g", "d", "dtype"),
+                         [(64, 512, 8, 2, 16, BF16), (3, 4097, 8, 2, 32, F16), (8, 1000, 4, 1, 64, BF16), (2, 300, 4, 4, 16, BF16)])
+def test_gpu_rotary_backward_writes_dy_over_fp32_dq(b: int, length: int, h: int, g: int, d: int, dtype) -> None:
+    """Many programs and warps at once: a program that wrote before all of its threads had read
+    their dq would show here."""
+    check_rows_over_dq(b, length, h, g, d, dtype, "cuda")
 
 
 def _gpu_shape(index: int) -> tuple:
