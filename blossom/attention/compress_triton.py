@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from blossom.attention import reference
-from blossom.attention.triton_common import dot, interpreted
+from blossom.attention.triton_common import dot, dot_mode, interpreted, sm_count
 
 _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 4 warps
 # window rows per dot (K = 4 d). H100, B = 64, bf16 (2, 4, 8 rows x 64, 128 hidden units): 4 x 128
@@ -40,12 +40,6 @@ _ROWS_PER_STEP = 4
 _SPLIT_BELOW = 1  # programs per SM the split stops at
 _COMBINE_ROWS = 128
 _INTERPRETER_SPLIT = 1  # what CPU tests run (they set 2 to cover the split path)
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """How the kernel's dots multiply (triton_common.dot): the input dtype's tensor cores ("native") for fp16/bf16,
-    exact fp32 products ("ieee") for fp32, which only the interpreter runs (its bf16 dot is wrong)."""
-    return "ieee" if dtype == torch.float32 or interpreted() else "native"
 
 
 @triton.jit
@@ -171,7 +165,7 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
         *k.stride(), *positions.stride(), *first.weight.stride(), *second.weight.stride(), *ck.stride(),
         num_blocks, g,
         HEAD_DIM=d, BLOCK_D=block_d, WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
-        HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=_precision(k.dtype),
+        HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=dot_mode(k.dtype),
         SPLIT=split, num_warps=4,
     )  # fmt: skip
     if split > 1:
@@ -189,8 +183,7 @@ def _split(tiles: int, hidden: int, device: torch.device) -> int:
     chunks = hidden // _HIDDEN_CHUNK
     if interpreted() or device.type != "cuda":
         return _INTERPRETER_SPLIT if chunks % _INTERPRETER_SPLIT == 0 else 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     split = 1
-    while split * 2 <= chunks and chunks % (split * 2) == 0 and tiles * split < _SPLIT_BELOW * sms:
+    while split * 2 <= chunks and chunks % (split * 2) == 0 and tiles * split < _SPLIT_BELOW * sm_count(device):
         split *= 2
     return split

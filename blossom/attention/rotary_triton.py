@@ -33,7 +33,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.side_stream import SideStream
-from blossom.attention.triton_common import dot, dot_mode, interpreted
+from blossom.attention.triton_common import dot, dot_mode, interpreted, sm_count
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
 # The projection kernel's tokens and columns per program, warps, and programs per SM (each keeps its
@@ -274,12 +274,6 @@ def _project_applies(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, d
     return interpreted() or (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16))
 
 
-def _sm_count(device: torch.device) -> int:
-    """The GPU's multiprocessors, which the projection kernel's programs fill; 1 under the
-    interpreter (a few programs, each walking several token tiles, as on a GPU)."""
-    return 1 if interpreted() else torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _project(
     x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, n_heads: int, kv_heads: int, d: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -300,7 +294,7 @@ def _project(
     cos, sin = _tables(length, d, x.device)
     block_n = max(_PROJECT_COLS, d)
     n_blocks = triton.cdiv(w_qkv.shape[0] + w_gate.shape[0], block_n)
-    per_block = min(triton.cdiv(b * length, _PROJECT_ROWS), max(1, _sm_count(x.device) * _PROJECT_PER_SM // n_blocks))
+    per_block = min(triton.cdiv(b * length, _PROJECT_ROWS), max(1, sm_count(x.device) * _PROJECT_PER_SM // n_blocks))
     _project_fwd[(n_blocks * per_block,)](
         rows, w_qkv, w_gate, b_gate, cos, sin, q, k, v, logits, *rows.stride(), *w_qkv.stride(), *w_gate.stride(),
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],

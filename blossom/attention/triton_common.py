@@ -48,6 +48,12 @@ def dot_mode(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "native"
 
 
+def sm_count(device: torch.device) -> int:
+    """The GPU's multiprocessors, which launches size their grids by; 1 under the interpreter (a few
+    programs, each walking several tiles, as on a GPU)."""
+    return 1 if interpreted() else torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def empty_blhd(like: Tensor, heads: int, dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised [B, heads, L, d] tensor (like's dtype unless given) stored as [B, L, heads,
     d]: merging heads after the attention (reference.merge_heads) is then free, and it matches
