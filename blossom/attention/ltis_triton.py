@@ -316,14 +316,17 @@ def _row_ptrs(base, heads, queries, cols, s_h, s_l, s_d):
 def _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr):
     """Keys [BLOCK_Q * 16, 1] of selected slot t for the tile's queries, query a owning rows
     16a .. 16a + 15 of the key tile, and their mask (slot -1, or keys past seq_len, give none).
-    A column, whose products with the strides _kv_rows forms before any pointer: from a 1-D
-    index, the compiler formed K's and V's 64-bit row pointers and then moved each between lanes
-    into the tile's layout, two shuffles per pointer."""
-    c = tl.arange(0, BLOCK_Q * _BLOCK)[:, None]
-    owner = tile * BLOCK_Q + c // _BLOCK
+    A column, whose products with the strides _kv_rows forms before any pointer, built from the
+    queries' blocks [BLOCK_Q, 1, 1]: from a 1-D index the compiler formed K's and V's 64-bit row
+    pointers and then moved each between lanes into the key tile's layout (two shuffles per
+    pointer); from an index column it moved the offsets and the mask (the forward's slot step
+    302 against 336 SASS instructions); from the queries' blocks nothing moves (298, 8 shuffles
+    of 26 left, all K's; offline sm_90 compiles, bf16, H/G = 4, d = 16)."""
+    owner = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)[:, None, None]
     blk = tl.load(idx_base + owner * s_il + t * s_it, mask=owner < n_valid, other=-1)
-    keys = blk * _BLOCK + c % _BLOCK
-    return keys, (blk >= 0) & (keys < n_valid)
+    keys = blk * _BLOCK + tl.arange(0, _BLOCK)[None, :, None]
+    ok = (blk >= 0) & (keys < n_valid)
+    return tl.reshape(keys, [BLOCK_Q * _BLOCK, 1]), tl.reshape(ok, [BLOCK_Q * _BLOCK, 1])
 
 
 @triton.jit
@@ -466,9 +469,8 @@ def _ltis_slot_tile(k_base, v_base, idx_base, s_il, s_it, tile, t, n_valid, row_
 @triton.jit
 def _slot_row_mask(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
     """Each row's mask [rows, 16] over its own keys of selected slot t, from the rows' own read of
-    the index (row r is query r // GROUP_P's): _row_mask of the key tile's mask instead moved it
-    between lanes. With _slot_keys' column, the forward's slot step took 302 SASS instructions
-    where it took 336 (offline sm_90 compile, bf16, H/G = 4, d = 16)."""
+    the index (row r is query r // GROUP_P's), in the layout of the scores: _row_mask of the key
+    tile's mask moved it between lanes."""
     r = tl.arange(0, BLOCK_Q * GROUP_P)[:, None]
     owner = tile * BLOCK_Q + r // GROUP_P
     blk = tl.load(idx_base + owner * s_il + t * s_it, mask=owner < n_valid, other=-1)
