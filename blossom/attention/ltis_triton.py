@@ -341,43 +341,44 @@ def _kv_rows(k_base, v_base, keys, key_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d)
 
 @triton.jit
 def _owned(BLOCK_Q: tl.constexpr):
-    """[BLOCK_Q, 1, BLOCK_Q, 1] mask: query a owns the slot tile's columns 16a .. 16a + 15."""
+    """[BLOCK_Q, 1, BLOCK_Q, 1] mask: query a owns the slot tile's columns W a .. W a + W - 1."""
     a = tl.arange(0, BLOCK_Q)
     return a[:, None, None, None] == a[None, None, :, None]
 
 
 @triton.jit
-def _own(x, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
-    """[rows, BLOCK_Q * 16] slot-tile scores -> [rows, 16]: each row's own query's columns
+def _own(x, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr, W: tl.constexpr):
+    """[rows, BLOCK_Q * W] slot-tile scores -> [rows, W]: each row's own query's columns
     (row r is query r // GROUP_P's). What the softmax then works on: at 4 queries per program,
     a quarter of the tile's exponentials, which are what a slot step spends its time on."""
-    x4 = tl.reshape(x, [BLOCK_Q, GROUP_P, BLOCK_Q, _BLOCK])
-    return tl.reshape(tl.sum(tl.where(_owned(BLOCK_Q), x4, 0.0), axis=2), [BLOCK_Q * GROUP_P, _BLOCK])
+    x4 = tl.reshape(x, [BLOCK_Q, GROUP_P, BLOCK_Q, W])
+    return tl.reshape(tl.sum(tl.where(_owned(BLOCK_Q), x4, 0.0), axis=2), [BLOCK_Q * GROUP_P, W])
 
 
 @triton.jit
-def _spread(x, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
-    """_own's inverse: [rows, 16] -> [rows, BLOCK_Q * 16], zero outside each row's own columns
+def _spread(x, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr, W: tl.constexpr):
+    """_own's inverse: [rows, W] -> [rows, BLOCK_Q * W], zero outside each row's own columns
     (the operand of the tile-wide tensor-core product with V or K)."""
-    x4 = tl.reshape(x, [BLOCK_Q, GROUP_P, 1, _BLOCK])
-    return tl.reshape(tl.where(_owned(BLOCK_Q), x4, 0.0), [BLOCK_Q * GROUP_P, BLOCK_Q * _BLOCK])
+    x4 = tl.reshape(x, [BLOCK_Q, GROUP_P, 1, W])
+    return tl.reshape(tl.where(_owned(BLOCK_Q), x4, 0.0), [BLOCK_Q * GROUP_P, BLOCK_Q * W])
 
 
 @triton.jit
 def _fwd_step(m, denom, acc, q, k, v, mask, qk_scale,
               DOT: tl.constexpr, SLOT: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
-    """Online-softmax update of rows q [M, d] with keys k, v [N, d]. The own block: mask [M, N].
-    A slot tile (SLOT): mask [M, 16] over each row's own columns (_own)."""
+    """Online-softmax update of rows q [M, d] with keys k, v [N, d]. The own block: mask [M, N]
+    (SLOT = 0). A slot tile of SLOT keys per query: mask [M, SLOT] over each row's own columns
+    (_own)."""
     s = dot(q, tl.trans(k), DOT)
     if SLOT:
-        s = _own(s, BLOCK_Q, GROUP_P)
+        s = _own(s, BLOCK_Q, GROUP_P, SLOT)
     s = tl.where(mask, s * qk_scale, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, axis=1))
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[:, None])
     denom = denom * alpha + tl.sum(p, axis=1)
     if SLOT:
-        p = _spread(p, BLOCK_Q, GROUP_P)
+        p = _spread(p, BLOCK_Q, GROUP_P, SLOT)
     acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT)
     return m_new, denom, acc
 
@@ -389,20 +390,20 @@ def _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale,
     s = dot(q, tl.trans(k), DOT)
     dp = dot(do, tl.trans(v), DOT)
     if SLOT:
-        s = _own(s, BLOCK_Q, GROUP_P)
-        dp = _own(dp, BLOCK_Q, GROUP_P)
+        s = _own(s, BLOCK_Q, GROUP_P, SLOT)
+        dp = _own(dp, BLOCK_Q, GROUP_P, SLOT)
     p = tl.where(mask, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
     ds = p * (dp - delta[:, None])
     if SLOT:
-        ds = _spread(ds, BLOCK_Q, GROUP_P)
+        ds = _spread(ds, BLOCK_Q, GROUP_P, SLOT)
     return dq + dot(ds.to(k.dtype), k, DOT)
 
 
 @triton.jit
-def _row_mask(ok, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):
-    """A slot tile's key mask [BLOCK_Q * 16] as the [rows, 16] mask of each row's own keys."""
-    ok3 = tl.broadcast_to(tl.reshape(ok, [BLOCK_Q, 1, _BLOCK]), [BLOCK_Q, GROUP_P, _BLOCK])
-    return tl.reshape(ok3, [BLOCK_Q * GROUP_P, _BLOCK])
+def _row_mask(ok, BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr, W: tl.constexpr):
+    """A slot tile's key mask [BLOCK_Q * W] as the [rows, W] mask of each row's own keys."""
+    ok3 = tl.broadcast_to(tl.reshape(ok, [BLOCK_Q, 1, W]), [BLOCK_Q, GROUP_P, W])
+    return tl.reshape(ok3, [BLOCK_Q * GROUP_P, W])
 
 
 @triton.jit
@@ -415,14 +416,13 @@ def _stis_near_keys(t0, n_valid, BLOCK_Q: tl.constexpr, NEAR_P: tl.constexpr):
 
 
 @triton.jit
-def _stis_far_keys(tile, step, n_far, BLOCK_Q: tl.constexpr):
-    """STIS's keys at distances 16, 32, ... as a slot tile [BLOCK_Q * 16] (query a owning columns
-    16a .. 16a + 15, as _slot_keys): the distances 16 << j, j = 16 step .. 16 step + 15, of the
-    n_far below L, and where they exist (keys < 0 do not; every key is below t0 <= seq_len, since
-    BLOCK_Q <= 16)."""
-    c = tl.arange(0, BLOCK_Q * _BLOCK)
-    j = step * _BLOCK + c % _BLOCK
-    keys = tile * BLOCK_Q + c // _BLOCK - ((2 * _LOCAL) << tl.minimum(j, 26))
+def _stis_far_keys(tile, step, n_far, BLOCK_Q: tl.constexpr, W: tl.constexpr):
+    """STIS's keys at distances 16, 32, ... as a slot tile [BLOCK_Q * W] (query a owning columns
+    W a .. W a + W - 1): the distances 16 << j, j = W step .. W step + W - 1, of the n_far below L,
+    and where they exist (keys < 0 do not; every key is below t0 <= seq_len, since BLOCK_Q <= 16)."""
+    c = tl.arange(0, BLOCK_Q * W)
+    j = step * W + c % W
+    keys = tile * BLOCK_Q + c // W - ((2 * _LOCAL) << tl.minimum(j, 26))
     return keys, (j < n_far) & (keys >= 0)
 
 
@@ -440,20 +440,12 @@ def _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok
 
 @triton.jit
 def _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
-                   BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):  # fmt: skip
-    """K, V [BLOCK_Q * 16, BLOCK_D] of slot tile `step` of STIS's powers of two (_stis_far_keys)
-    and each row's [rows, 16] mask over its own columns, for rows < seq_len."""
-    keys, ok = _stis_far_keys(tile, step, n_far, BLOCK_Q)
-    return _slot_tile(k_base, v_base, keys, ok, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)
-
-
-@triton.jit
-def _slot_tile(k_base, v_base, keys, ok, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
-               BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr):  # fmt: skip
-    """K, V [BLOCK_Q * 16, BLOCK_D] of a slot tile's keys (ok: where they exist) and each row's
-    [rows, 16] mask over its own columns, for rows < seq_len."""
+                   BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr, W: tl.constexpr):  # fmt: skip
+    """K, V [BLOCK_Q * W, BLOCK_D] of slot tile `step` of STIS's powers of two (_stis_far_keys)
+    and each row's [rows, W] mask over its own columns, for rows < seq_len."""
+    keys, ok = _stis_far_keys(tile, step, n_far, BLOCK_Q, W)
     k, v = _kv_rows(k_base, v_base, keys[:, None], ok[:, None], cols, col_ok, sk_l, sk_d, sv_l, sv_d)
-    return k, v, _row_mask(ok, BLOCK_Q, GROUP_P) & row_ok[:, None]
+    return k, v, _row_mask(ok, BLOCK_Q, GROUP_P, W) & row_ok[:, None]
 
 
 @triton.jit
@@ -506,6 +498,7 @@ def _ltis_fwd(
     s_gt, s_gc, length, n_slots, n_far, kv_heads, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr, STIS: tl.constexpr, NEAR_P: tl.constexpr,
+    FAR_W: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_Q queries x (batch, kv head): O and the logsumexp LSE (log2 units) by an online
     softmax over the selected slots, then the own block. STIS: the short-term branch of the same
@@ -530,19 +523,19 @@ def _ltis_fwd(
         for t in range(n_slots):
             k, v, mask = _ltis_slot_tile(k_base, v_base, idx_base, si_l, si_t, tile, t, n_valid, row_ok, cols, col_ok,
                                          sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
-            m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
+            m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, _BLOCK, BLOCK_Q, GROUP_P)
         k, v, mask = _own_block_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
                                      sv_d, BLOCK_Q)  # fmt: skip
-        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
+        m, denom, acc = _fwd_step(m, denom, acc, q, k, v, mask, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
         if STIS:  # its own softmax: the window (one dense tile), then the powers of two as slots
             k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
                                          sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
-            m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k, v, mask, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
-            for step in range(0, tl.cdiv(n_far, _BLOCK)):  # new names below: loop-carried types
+            m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k, v, mask, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
+            for step in range(0, tl.cdiv(n_far, FAR_W)):  # new names below: loop-carried types
                 k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l, sk_d,
-                                                  sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
-                m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k_f, v_f, mask_f, qk_scale, DOT, True, BLOCK_Q,
-                                                GROUP_P)  # fmt: skip
+                                                  sv_l, sv_d, BLOCK_Q, GROUP_P, FAR_W)  # fmt: skip
+                m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k_f, v_f, mask_f, qk_scale, DOT, FAR_W,
+                                                BLOCK_Q, GROUP_P)  # fmt: skip
 
     out, denom = _normalise(acc, denom, row_ok)
     in_range = head_ok & (queries < length)
@@ -614,7 +607,7 @@ def _bwd_dq(
     s_gt, s_gc, length, n_slots, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr, ACCUMULATE: tl.constexpr,
-    STIS: tl.constexpr, NEAR_P: tl.constexpr,
+    STIS: tl.constexpr, NEAR_P: tl.constexpr, FAR_W: tl.constexpr,
 ):  # fmt: skip
     """dq of one branch for BLOCK_Q queries x (batch, kv head), walking its keys like the
     forward: LTIS's selected slots and own block, or (STIS) the window's tile and the powers of
@@ -663,20 +656,20 @@ def _bwd_dq(
         if STIS:
             k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
                                          sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
-            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
-            for step in range(0, tl.cdiv(n_slots, _BLOCK)):  # new names below: loop-carried types
+            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
+            for step in range(0, tl.cdiv(n_slots, FAR_W)):  # new names below: loop-carried types
                 k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, n_slots, row_ok, cols, col_ok, sk_l, sk_d,
-                                                  sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
-                dq = _dq_step(dq, q, do, k_f, v_f, mask_f, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
+                                                  sv_l, sv_d, BLOCK_Q, GROUP_P, FAR_W)  # fmt: skip
+                dq = _dq_step(dq, q, do, k_f, v_f, mask_f, lse, delta, qk_scale, DOT, FAR_W, BLOCK_Q, GROUP_P)
         else:
             idx_base = IDX + b64 * si_b + g * si_g
             for t in range(n_slots):
                 k, v, mask = _ltis_slot_tile(k_base, v_base, idx_base, si_l, si_t, tile, t, n_valid, row_ok, cols,
                                              col_ok, sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P)  # fmt: skip
-                dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, True, BLOCK_Q, GROUP_P)
+                dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, _BLOCK, BLOCK_Q, GROUP_P)
             k, v, mask = _own_block_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d,
                                          sv_l, sv_d, BLOCK_Q)  # fmt: skip
-            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, False, BLOCK_Q, GROUP_P)
+            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
 
     in_range = (head_ok & (queries < length))[:, None] & col_ok
     _store_grad(DQ + o_offs, dq * scale, in_range, ACCUMULATE)
@@ -878,6 +871,13 @@ def _stis_powers(length: int) -> int:
     return max(0, len(reference.stis_offsets(length)) - (reference.LOCAL_WINDOW + 1))
 
 
+def _far_width(length: int) -> int:
+    """Keys per query in a slot tile of STIS's powers of two: their count rounded up to a power of
+    two, 4 to 16 (8 from L = 512 to 4096), so that a tile holds few columns no power fills. With 16
+    at every L, half of the tile's columns were empty at L = 4096."""
+    return min(reference.BLOCK, max(4, triton.next_power_of_2(max(1, _stis_powers(length)))))
+
+
 def _launch_forward(
     q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, scale: float, seq_len: Tensor | None,
     ltis: tuple[Tensor, Tensor] | None, stis: tuple[Tensor, Tensor] | None, gate_logits: Tensor | None,
@@ -988,13 +988,14 @@ def launch_dq(
 
 def _meta(q: Tensor, kv_heads: int) -> dict[str, object]:
     """Compile-time parameters of the forward and dq kernels (NEAR_P: the STIS window tile's
-    width, _stis_near_keys)."""
+    width, _stis_near_keys; FAR_W: _far_width)."""
     group = q.shape[1] // kv_heads
     group_p = triton.next_power_of_2(group)
     d = q.shape[3]
     config = _attention_config(group_p)
     return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=dot_mode(q.dtype),
-                NEAR_P=triton.next_power_of_2(config["BLOCK_Q"] + reference.LOCAL_WINDOW), **config)
+                NEAR_P=triton.next_power_of_2(config["BLOCK_Q"] + reference.LOCAL_WINDOW),
+                FAR_W=_far_width(q.shape[2]), **config)
 
 
 class _LtisAttention(torch.autograd.Function):

@@ -56,6 +56,17 @@ def test_matches_reference(shape, dtype, layout, lengths) -> None:
     check_case(shape, dtype, layout, lengths, "cpu", seed=0)
 
 
+@pytest.mark.parametrize(("width", "shape"), [
+    (16, (1, 4, 2, 90, 16)),  # 3 powers of two in a 16-wide tile (the width from L = 4097 on)
+    (4, (1, 2, 1, 260, 16)),  # 5 powers of two in 4-wide tiles: two steps, the second mostly empty
+])
+def test_stis_far_width(monkeypatch: pytest.MonkeyPatch, width: int, shape) -> None:
+    """STIS's powers of two as slot tiles of another width than the length's own (_far_width):
+    the forward and the dq kernel still meet the reference, across tiles and with empty columns."""
+    monkeypatch.setattr(ltis_triton, "_far_width", lambda length: width)
+    check_case(shape, F32, "qkv", None, "cpu", seed=2)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
 def test_padding_is_never_read(device: str) -> None:
     check_padding_with_selection(lambda q, k, v, idx, n: _mix(*both_branches(q, k, v, idx, SCALE, n)), device)
