@@ -48,9 +48,10 @@ session 14).
 Both branches' forward (`launch_both_forward`): the forward kernel also computes the STIS branch
 (stis_triton's contract) for the same rows, a second online softmax: the window's keys (one dense
 tile of the keys t0 - 8 .. t0 + BLOCK_Q - 1, every distance 0..8 of the program's queries), then
-its powers of two 16, 32, ... as slot tiles, query a owning columns 16a .. 16a + 15 as for a
-selected block (16 powers per slot tile: one tile up to L = 2^20). Under the gate it mixes both
-outputs and writes the mix; for inference nothing else. On an H100 (B = 64, bf16, L = 4096) the
+its powers of two 16, 32, ... as slot tiles, query a owning W columns as a selected block's 16
+(W = _far_width: the powers' count rounded up to 4, 8 or 16; one tile up to L = 2^20; with W = 16
+at every L the forward alone took 1.06-1.08x as long at L = 512-4096, session 21). Under the gate
+it mixes both outputs and writes the mix; for inference nothing else. On an H100 (B = 64, bf16, L = 4096) the
 kernel took 0.57 ms where the LTIS forward and the STIS forward with the mix took 0.46 + 0.25; the
 layer's inference step's GPU work 0.88-0.91x at L = 200-8192, training's 0.96-0.97x
 (results/bench/README.md, session 13). A first version that scored all 44 STIS columns of a
