@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from blossom.attention import reference
-from blossom.attention.triton_common import dot, dot_mode, interpreted, sm_count
+from blossom.attention.triton_common import block_d, dot, dot_mode, interpreted, sm_count
 
 _HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 4 warps
 # window rows per dot (K = 4 d). H100, B = 64, bf16 (2, 4, 8 rows x 64, 128 hidden units): 4 x 128
@@ -158,20 +158,20 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     block_j = min(64, max(16, triton.next_power_of_2(num_blocks)))
     tiles = triton.cdiv(num_blocks, block_j) * b * g
     split = _split(tiles, reference.WINDOW * d, ck.device)
-    block_d = max(16, triton.next_power_of_2(d))
-    part = torch.empty(split, b * g * num_blocks, block_d, device=k.device, dtype=torch.float32) if split > 1 else None
+    width = block_d(d)
+    part = torch.empty(split, b * g * num_blocks, width, device=k.device, dtype=torch.float32) if split > 1 else None
     _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g, split)](
         k, positions, first.weight, first.bias, second.weight, second.bias, ck, part,
         *k.stride(), *positions.stride(), *first.weight.stride(), *second.weight.stride(), *ck.stride(),
         num_blocks, g,
-        HEAD_DIM=d, BLOCK_D=block_d, WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
+        HEAD_DIM=d, BLOCK_D=width, WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
         HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=dot_mode(k.dtype),
         SPLIT=split, num_warps=4,
     )  # fmt: skip
     if split > 1:
         n_rows = b * g * num_blocks
         _compress_combine[(triton.cdiv(n_rows, _COMBINE_ROWS),)](
-            part, second.bias, ck, *ck.stride(), num_blocks, g, n_rows, HEAD_DIM=d, BLOCK_D=block_d, SPLIT=split,
+            part, second.bias, ck, *ck.stride(), num_blocks, g, n_rows, HEAD_DIM=d, BLOCK_D=width, SPLIT=split,
             ROWS=_COMBINE_ROWS,
         )  # fmt: skip
     return ck

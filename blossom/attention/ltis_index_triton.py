@@ -25,6 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from blossom.attention import reference
+from blossom.attention.triton_common import valid_length
 
 # Pairs per tile: _MIN_TILE (128 queries x 4 slots), larger where a segment would have over _MAX_TILES (the
 # scan holds [tiles, _ROW_CHUNK] counts). The sort's cost per pair grows with the tile, the histograms' with
@@ -48,9 +49,7 @@ def _tile_rows(IDX, SEQ_LEN, s_b, s_g, s_l, s_t, seg, tile, length, kv_heads, nu
     b = seg // kv_heads
     base = IDX + b.to(tl.int64) * s_b + (seg % kv_heads) * s_g
     blk = tl.load(base + query * s_l + (pair % N_SLOTS) * s_t, mask=exists, other=-1)
-    live = blk >= 0
-    if SEQ_LEN is not None:
-        live = live & (query < tl.load(SEQ_LEN + b))
+    live = (blk >= 0) & (query < valid_length(SEQ_LEN, b, length))
     return tl.where(live, blk, num_blocks).to(tl.int32), exists  # block_idx may be int64
 
 

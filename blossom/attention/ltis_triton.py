@@ -77,7 +77,7 @@ from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
 from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.triton_common import (
-    LOG2E, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, valid_length,
+    LOG2E, block_d, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, valid_length,
 )
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -86,11 +86,6 @@ _KEEP_PROB: tl.constexpr = tl.constexpr(reference.KEEP_PROB)
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
 MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp spill beyond this
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
-
-
-def _block_d(head_dim: int) -> int:
-    """Head dim padded to a power of two >= 16 (tl.dot's minimum); extra columns are masked."""
-    return max(16, triton.next_power_of_2(head_dim))
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +267,7 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     grid = (triton.cdiv(length, block_m), b * kv_heads)
     _select_fwd[grid](
         q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
-        GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=_block_d(d), N=n,
+        GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=block_d(d), N=n,
         N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n,
         DOT=dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, num_warps=4,
     )  # fmt: skip
@@ -994,7 +989,7 @@ def _meta(q: Tensor, kv_heads: int) -> dict[str, object]:
     group_p = triton.next_power_of_2(group)
     d = q.shape[3]
     config = _attention_config(group_p)
-    return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=_block_d(d), DOT=dot_mode(q.dtype),
+    return dict(GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=block_d(d), DOT=dot_mode(q.dtype),
                 NEAR_P=triton.next_power_of_2(config["BLOCK_Q"] + reference.LOCAL_WINDOW),
                 FAR_W=_far_width(q.shape[2]), **config)
 

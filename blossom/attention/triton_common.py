@@ -48,6 +48,11 @@ def dot_mode(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "native"
 
 
+def block_d(head_dim: int) -> int:
+    """Head dim padded to a power of two >= 16 (tl.dot's minimum); kernels mask the extra columns."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 def sm_count(device: torch.device) -> int:
     """The GPU's multiprocessors, which launches size their grids by; 1 under the interpreter (a few
     programs, each walking several tiles, as on a GPU)."""
