@@ -16,6 +16,15 @@ products (each operand split into a TF32 head and tail; relative error ~1e-6). L
 fp32 summation order, that may order two blocks whose logits agree to ~1e-6 differently from
 the reference.
 
+From 128 blocks on (L >= 2048), selection takes a packed path first: a logit with its
+mantissa's low bits replaced by its chunk's number is one fp32 key that orders as the logit
+does and says which block it is, so a column's list takes a max and a min per level where the
+exact lists select a value and an index beside it (the loop's instructions per chunk 274 -> 151
+at L = 4096, sm_90). Where the lost bits could decide anything (two of a row's n + 1 best whose
+bounds meet, or a slot's keep decision open), the tile runs the exact path too: 10 of 8192 tiles
+at L = 4096 on random inputs, 82 of 16384 at 8192. Both paths give the same answer, bit for bit;
+the packed one took 0.87x the time at L = 4096 and 0.78x at 8192 (H100, B = 64, bf16).
+
 Attention (`ltis_attention`): every query attends 16 keys per selected block plus its own block
 causally, one exact softmax over the union. Rows are (query, head) pairs of one GQA group, so
 the group's heads share every K/V load (NSA's trick). tl.dot needs 16 rows: a program takes
@@ -77,7 +86,7 @@ from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
 from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.triton_common import (
-    LOG2E, block_d, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, valid_length,
+    LOG2E, block_d, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, interpreted, valid_length,
 )
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -85,6 +94,12 @@ _NULL_LOGIT: tl.constexpr = tl.constexpr(reference.NULL_LOGIT)
 _KEEP_PROB: tl.constexpr = tl.constexpr(reference.KEEP_PROB)
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
 MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp spill beyond this
+# Selection takes the packed path from this many blocks on, capped at this many registers (the exact
+# path, rarely run there, spills). H100, B = 64, bf16, selection alone against the exact path, CUDA
+# graphs: 0.95x at L = 2048 (128 blocks), 0.87x at 4096, 0.78x at 8192, but 1.04x at 1024, 1.1-1.2x
+# at 200-512, whose tiles take a chunk or two; the cap at 72-128 registers within 2% of each other
+# (results/bench/README.md, session 22)
+_PACKED_MIN_BLOCKS, _SELECT_MAXNREG = 128, 72
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 
 
@@ -114,18 +129,22 @@ def _insert(vals, idx, v, j, N: tl.constexpr):
 
 
 @triton.jit
-def _pop(vals, idx, hit, N: tl.constexpr):
-    """Drop the head of the columns' lists where hit [M, BN]: their other entries move up."""
-    new_vals = ()
-    new_idx = ()
+def _shift_up(lists, hit, fill, N: tl.constexpr):
+    """Drop the head of the columns' lists (a tuple of N [M, BN] tensors) where hit [M, BN]: their
+    other entries move up, fill comes in at the end."""
+    moved = ()
     for t in tl.static_range(N):
         if t + 1 < N:
-            new_vals = new_vals + (tl.where(hit, vals[t + 1], vals[t]),)
-            new_idx = new_idx + (tl.where(hit, idx[t + 1], idx[t]),)
+            moved = moved + (tl.where(hit, lists[t + 1], lists[t]),)
         else:
-            new_vals = new_vals + (tl.where(hit, float("-inf"), vals[t]),)
-            new_idx = new_idx + (tl.where(hit, -1, idx[t]),)
-    return new_vals, new_idx
+            moved = moved + (tl.where(hit, fill, lists[t]),)
+    return moved
+
+
+@triton.jit
+def _pop(vals, idx, hit, N: tl.constexpr):
+    """Drop the head of the columns' lists where hit [M, BN]: their other entries move up."""
+    return _shift_up(vals, hit, float("-inf"), N), _shift_up(idx, hit, -1, N)
 
 
 @triton.jit
@@ -147,37 +166,32 @@ def _row_top(vals, idx, N: tl.constexpr, N_PAD: tl.constexpr):
 
 
 @triton.jit
-def _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N: tl.constexpr,
-                    DOT: tl.constexpr):  # fmt: skip
+def _chunk_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, feature, depth_ok, BLOCK_N: tl.constexpr,
+                  DOT: tl.constexpr):  # fmt: skip
     """Logits [M, BLOCK_N] of the query tile (a [M, depth]) against compressed blocks j0 .. j0 +
-    BLOCK_N - 1, times factor; -inf where a block is not visible (j >= i // 16, or past the last
-    block). Depth k of the product reads the keys' feature[k] (where depth_ok[k])."""
+    BLOCK_N - 1 (0 past the last block), not yet times the factor. Depth k of the product reads
+    the keys' feature[k] (where depth_ok[k])."""
     j = j0 + tl.arange(0, BLOCK_N)
     ck = tl.load(ck_base + j[None, :] * sc_n + feature[:, None] * sc_d, mask=(j < num_blocks)[None, :] & depth_ok[:, None],
                  other=0.0)  # fmt: skip
-    s = dot(a, ck, DOT) * factor
-    return tl.where(j[None, :] < own[:, None], s, float("-inf"))
+    return dot(a, ck, DOT)
 
 
 @triton.jit
-def _select_fwd(
-    Q, CK, OUT,
-    sq_b, sq_h, sq_l, sq_d,
-    sc_b, sc_g, sc_n, sc_d,
-    length, num_blocks, kv_heads, scale,
-    GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr,
-    N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr, STACK_HEADS: tl.constexpr,
-):  # fmt: skip
-    """Top-N visible blocks of a query tile x (batch, kv head) -> OUT [B, G, L, N] (int32, -1 unused).
+def _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N: tl.constexpr,
+                    DOT: tl.constexpr):  # fmt: skip
+    """_chunk_logits times factor; -inf where a block is not visible (j >= i // 16, or past the
+    last block)."""
+    s = _chunk_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, feature, depth_ok, BLOCK_N, DOT) * factor
+    return tl.where((j0 + tl.arange(0, BLOCK_N))[None, :] < own[:, None], s, float("-inf"))
 
-    STACK_HEADS (fp16/bf16 inputs): the group's heads side by side along the product's depth
-    against the keys repeated, one dot in the inputs' dtype, products exact (fp32 sums, as the
-    reference's per-head logits); else the heads' mean in fp32, whose products are 3xTF32."""
-    tile = tl.program_id(0)
-    b = tl.program_id(1) // kv_heads
-    g = tl.program_id(1) % kv_heads
-    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < length
+
+@triton.jit
+def _group_operand(Q, sq_b, sq_h, sq_l, sq_d, b, g, rows, row_ok, scale, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, STACK_HEADS: tl.constexpr):  # fmt: skip
+    """The query tile's side of the logits: (a [M, depth], feature, depth_ok, factor), the logits
+    being dot(a, keys' feature[k] at depth k) * factor. STACK_HEADS: the group's heads side by side
+    along the depth, in the inputs' dtype; else the heads' mean, scaled, in fp32."""
     q_base = Q + b.to(tl.int64) * sq_b + rows[:, None] * sq_l
     if STACK_HEADS:
         k = tl.arange(0, GROUP_P * BLOCK_D)
@@ -190,19 +204,33 @@ def _select_fwd(
         feature = tl.arange(0, BLOCK_D)
         depth_ok = feature < HEAD_DIM
         q_ptrs = q_base + (g * GROUP * sq_h) + feature[None, :] * sq_d
-        a = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        a = tl.zeros([rows.shape[0], BLOCK_D], tl.float32)
         for h in tl.static_range(GROUP):
             a += tl.load(q_ptrs + h * sq_h, mask=row_ok[:, None] & depth_ok[None, :], other=0.0).to(tl.float32)
         a = a * (scale / GROUP)
         factor = 1.0
-    ck_base = CK + b.to(tl.int64) * sc_b + g * sc_g
+    return a, feature, depth_ok, factor
 
-    own = rows // _BLOCK  # block j is visible to query i iff 16j + 15 < i, i.e. j < i // 16
-    # column c of the chunks keeps the sorted top N of blocks c, c + BLOCK_N, ... (the module
-    # docstring says why); the rows' top N is drawn from the columns once, after the loop
+
+@triton.jit
+def _decided(rel_lo, rel_hi, bound):
+    """(kept, open) per slot from bounds on its probability relative to the max with the null
+    logit, rel_lo <= exp(s - m) <= rel_hi, and on the softmax denominator relative to it, 1 <=
+    denom <= bound (visible blocks + 1): kept iff the probability is > KEEP_PROB for any
+    denominator, open where the bounds do not decide. The margins (1e-3) dwarf fp32 rounding."""
+    keep = rel_lo > _KEEP_PROB * 1.001 * bound
+    return keep, (rel_hi > _KEEP_PROB * 0.999) & ~keep
+
+
+@triton.jit
+def _exact_top(a, ck_base, sc_n, sc_d, num_blocks, own, last, feature, depth_ok, factor, N: tl.constexpr,
+               N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
+    """The query tile's slots [M, N_PAD] (blocks, -1 unused) from blocks 0 .. last - 1: column c
+    of the chunks keeps the sorted top N of blocks c, c + BLOCK_N, ... as values and indices
+    (_insert; the module docstring says why), the rows' top N drawn from the columns once, after
+    the loop."""
     vals = (tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),) * N
     idx = (tl.full([BLOCK_M, BLOCK_N], -1, tl.int32),) * N
-    last = tl.minimum(num_blocks, (tl.minimum((tile + 1) * BLOCK_M, length) - 1) // _BLOCK)
     for j0 in range(0, last, BLOCK_N):
         s = _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N, DOT)
         vals, idx = _insert(vals, idx, s, j0 + tl.arange(0, BLOCK_N)[None, :], N)
@@ -210,23 +238,139 @@ def _select_fwd(
     top_s, top_j = _row_top(vals, idx, N, N_PAD)
 
     # A slot is kept iff its probability exp(s - m) / denom > KEEP_PROB, denom being the softmax
-    # denominator relative to the max (null logit included): 1 <= denom <= visible blocks + 1.
-    # Those bounds decide almost every slot, so the exponentials of all the logits (one per
-    # logit) are only computed, in a second pass, for a tile with a slot the bounds leave open.
-    # The margins (1e-3) dwarf fp32 rounding.
+    # denominator relative to the max (null logit included). The bounds on denom decide almost
+    # every slot, so the exponentials of all the logits (one per logit) are only computed, in a
+    # second pass, for a tile with a slot the bounds leave open.
     rel = tl.exp(top_s - m[:, None])
-    bound = (tl.minimum(own, num_blocks) + 1).to(tl.float32)[:, None]
-    keep = rel > _KEEP_PROB * 1.001 * bound
-    open_slot = (rel > _KEEP_PROB * 0.999) & ~keep
+    keep, open_slot = _decided(rel, rel, (tl.minimum(own, num_blocks) + 1).to(tl.float32)[:, None])
     if tl.max(open_slot.to(tl.int32)) > 0:
         denom = tl.exp(_NULL_LOGIT - m)
         for j0 in range(0, last, BLOCK_N):
             s = _visible_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, own, feature, depth_ok, factor, BLOCK_N, DOT)
             denom += tl.sum(tl.exp(s - m[:, None]), axis=1)
         keep = rel / denom[:, None] > _KEEP_PROB
+    return tl.where(keep, top_j, -1)
+
+
+@triton.jit
+def _absorb(keys, s, low, low_mask, visible, LEVELS: tl.constexpr):
+    """Insert the chunk's logits s [M, BN] into every column's sorted list (keys: LEVELS [M, BN]
+    tensors, keys[0] >= keys[1] >= ...) as packed keys: s with its mantissa's low bits (low_mask)
+    replaced by low, which says the chunk (the column says the rest of the block index). One
+    compare-exchange (a max and a min) per level; -inf and blocks not visible (visible [M, BN],
+    None: all are) never enter. A NaN logit (NaN inputs) is dropped by a GPU's max and min, which
+    repeats its column's head; the repeat's bounds meet, so the row comes out unsure and the exact
+    path, which never takes a NaN, answers. (The interpreter's max and min keep NaN instead.)"""
+    s = tl.minimum(s, 3.4028234663852886e38, propagate_nan=tl.PropagateNan.ALL)  # +inf would pack into a NaN
+    packed = ((s.to(tl.int32, bitcast=True) & ~low_mask) | low).to(tl.float32, bitcast=True)
+    carry = packed if visible is None else tl.where(visible, packed, float("-inf"))
+    kept = ()
+    for t in tl.static_range(LEVELS):
+        kept = kept + (tl.maximum(keys[t], carry),)
+        if t + 1 < LEVELS:
+            carry = tl.minimum(keys[t], carry)
+    return kept
+
+
+@triton.jit
+def _ranked(keys, low_mask, factor, LEVELS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The rows' LEVELS best packed keys from the columns' lists, best first, as tuples of [M]
+    tensors: the block (-1 where none is left) and bounds lo <= hi on its logit times factor (a
+    key is exact above its low bits). A key held by two columns is taken from the first."""
+    col = tl.arange(0, BLOCK_N)[None, :]
+    blocks = ()
+    lows = ()
+    highs = ()
+    for t in tl.static_range(LEVELS):
+        best = tl.max(keys[0], axis=1)
+        c = tl.min(tl.where(keys[0] == best[:, None], col, BLOCK_N), axis=1)
+        keys = _shift_up(keys, col == c[:, None], float("-inf"), LEVELS)
+        bits = best.to(tl.int32, bitcast=True)
+        ends = ((bits & ~low_mask).to(tl.float32, bitcast=True), (bits | low_mask).to(tl.float32, bitcast=True))
+        some = best > float("-inf")
+        blocks = blocks + (tl.where(some, (low_mask ^ (bits & low_mask)) * BLOCK_N + c, -1),)
+        lows = lows + (tl.where(some, tl.minimum(ends[0], ends[1]) * factor, float("-inf")),)
+        highs = highs + (tl.where(some, tl.maximum(ends[0], ends[1]) * factor, float("-inf")),)
+    return blocks, lows, highs
+
+
+@triton.jit
+def _packed_top(a, ck_base, sc_n, sc_d, num_blocks, own, last, whole, feature, depth_ok, factor, low_mask,
+                N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                DOT: tl.constexpr):  # fmt: skip
+    """_exact_top's answer, where rounding cannot change it, and unsure [M]: rows where it might.
+
+    Each column keeps its top N + 1 as packed keys (_absorb): a compare-exchange per level where
+    _insert selects a value and an index. The keys' order is the logits' order wherever their
+    mantissas differ above the low bits; a row is unsure where two of its N + 1 best might not
+    differ so (their bounds meet: near-ties, exact ties, +0 and -0), or where the bounds on a
+    slot's probability do not decide it (the exact path then sums the denominator). Chunks
+    before whole are visible to every row: no mask."""
+    keys = (tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),) * (N + 1)
+    for j0 in range(0, whole, BLOCK_N):
+        s = _chunk_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, feature, depth_ok, BLOCK_N, DOT)
+        keys = _absorb(keys, s, low_mask ^ (j0 // BLOCK_N), low_mask, None, N + 1)
+    for j0 in range(whole, last, BLOCK_N):
+        s = _chunk_logits(a, ck_base, sc_n, sc_d, j0, num_blocks, feature, depth_ok, BLOCK_N, DOT)
+        visible = (j0 + tl.arange(0, BLOCK_N))[None, :] < own[:, None]
+        keys = _absorb(keys, s, low_mask ^ (j0 // BLOCK_N), low_mask, visible, N + 1)
+    blocks, lows, highs = _ranked(keys, low_mask, factor, N + 1, BLOCK_N)
+
+    m_lo = tl.maximum(lows[0], _NULL_LOGIT)
+    m_hi = tl.maximum(highs[0], _NULL_LOGIT)
+    bound = (tl.minimum(own, num_blocks) + 1).to(tl.float32)
+    slot = tl.arange(0, N_PAD)[None, :]
+    top = tl.full([BLOCK_M, N_PAD], -1, tl.int32)
+    unsure = own < 0
+    for t in tl.static_range(N):
+        keep, open_slot = _decided(tl.exp(lows[t] - m_hi), tl.exp(highs[t] - m_lo), bound)
+        unsure = unsure | open_slot | ((blocks[t + 1] >= 0) & (lows[t] <= highs[t + 1]))
+        top = tl.where(slot == t, tl.where(keep, blocks[t], -1)[:, None], top)
+    return top, unsure
+
+
+@triton.jit
+def _select_fwd(
+    Q, CK, OUT, REDONE,
+    sq_b, sq_h, sq_l, sq_d,
+    sc_b, sc_g, sc_n, sc_d,
+    length, num_blocks, kv_heads, scale, low_mask,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N: tl.constexpr,
+    N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr, STACK_HEADS: tl.constexpr,
+    PACKED: tl.constexpr,
+):  # fmt: skip
+    """Top-N visible blocks of a query tile x (batch, kv head) -> OUT [B, G, L, N] (int32, -1 unused).
+
+    PACKED: _packed_top, and _exact_top for the tile where a row is unsure (REDONE[program] = 1
+    then, else 0, where REDONE is given); else _exact_top alone. STACK_HEADS (fp16/bf16 inputs):
+    the group's heads side by side along the product's depth against the keys repeated, one dot in
+    the inputs' dtype, products exact (fp32 sums, as the reference's per-head logits); else the
+    heads' mean in fp32, whose products are 3xTF32."""
+    tile = tl.program_id(0)
+    b = tl.program_id(1) // kv_heads
+    g = tl.program_id(1) % kv_heads
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < length
+    a, feature, depth_ok, factor = _group_operand(Q, sq_b, sq_h, sq_l, sq_d, b, g, rows, row_ok, scale, GROUP, GROUP_P,
+                                                  HEAD_DIM, BLOCK_D, STACK_HEADS)  # fmt: skip
+    ck_base = CK + b.to(tl.int64) * sc_b + g * sc_g
+    own = rows // _BLOCK  # block j is visible to query i iff 16j + 15 < i, i.e. j < i // 16
+    last = tl.minimum(num_blocks, (tl.minimum((tile + 1) * BLOCK_M, length) - 1) // _BLOCK)
+    top = tl.full([BLOCK_M, N_PAD], -1, tl.int32)
+    redo = 1
+    if PACKED:
+        whole = (tile * BLOCK_M // _BLOCK) // BLOCK_N * BLOCK_N
+        top, unsure = _packed_top(a, ck_base, sc_n, sc_d, num_blocks, own, last, whole, feature, depth_ok, factor,
+                                  low_mask, N, N_PAD, BLOCK_M, BLOCK_N, DOT)  # fmt: skip
+        redo = tl.max((unsure & row_ok).to(tl.int32))
+        if REDONE is not None:
+            tl.store(REDONE + tl.program_id(1) * tl.num_programs(0) + tile, redo)
+    if redo > 0:
+        top = _exact_top(a, ck_base, sc_n, sc_d, num_blocks, own, last, feature, depth_ok, factor, N, N_PAD, BLOCK_M,
+                         BLOCK_N, DOT)  # fmt: skip
     slot = tl.arange(0, N_PAD)
     out_ptrs = OUT + ((b * kv_heads + g).to(tl.int64) * length + rows[:, None]) * N + slot[None, :]
-    tl.store(out_ptrs, tl.where(keep, top_j, -1), mask=row_ok[:, None] & (slot < N)[None, :])
+    tl.store(out_ptrs, top, mask=row_ok[:, None] & (slot < N)[None, :])
 
 
 def _select_tiles(length: int, num_blocks: int) -> tuple[int, int]:
@@ -252,6 +396,14 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
     q [B, H, L, d], ck [B, G, L // 16, d] (any strides). Returns int32 [B, G, L, n],
     n = min(num_selected, L // 16); -1 marks an unused slot. No gradient.
     """
+    return _selection(q, ck, scale, num_selected, packed=ck.shape[2] >= _PACKED_MIN_BLOCKS)
+
+
+def _selection(q: Tensor, ck: Tensor, scale: float, num_selected: int, packed: bool,
+               redone: Tensor | None = None) -> Tensor:  # fmt: skip
+    """select_blocks by the packed path (the exact one where it is unsure) or the exact path alone;
+    redone (int32, a slot per program, packed only): which tiles the packed path left to the exact
+    one."""
     b, h, length, d = q.shape
     kv_heads, num_blocks = ck.shape[1], ck.shape[2]
     if ck.shape[0] != b or ck.shape[3] != d or h % kv_heads or num_blocks != length // reference.BLOCK:
@@ -264,12 +416,14 @@ def select_blocks(q: Tensor, ck: Tensor, scale: float, num_selected: int = refer
         return out
     block_m, block_n = _select_tiles(length, num_blocks)
     stack = _stacks_heads(q, ck)
-    grid = (triton.cdiv(length, block_m), b * kv_heads)
-    _select_fwd[grid](
-        q, ck, out, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
+    chunks = triton.cdiv(num_blocks, block_n)  # the packed keys' low bits count them
+    _select_fwd[(triton.cdiv(length, block_m), b * kv_heads)](
+        q, ck, out, redone, *q.stride(), *ck.stride(), length, num_blocks, kv_heads, scale,
+        (1 << max(1, (chunks - 1).bit_length())) - 1,
         GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=block_d(d), N=n,
         N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT=dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, num_warps=4,
+        DOT=dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, PACKED=packed, num_warps=4,
+        **({"maxnreg": _SELECT_MAXNREG} if packed and not interpreted() else {}),
     )  # fmt: skip
     return out
 

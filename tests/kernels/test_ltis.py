@@ -2,7 +2,8 @@
 
 Selection: the kernel's top-n equals reference.select_blocks(block_importance(...)) up to swaps
 of blocks whose probabilities agree to 1e-6 (1e-5 on a GPU; rounding can order near-ties either way), plus
-hand-built cases with a known answer. Attention: output and dq, dk, dv against the reference
+hand-built cases with a known answer, by either path (packed keys, or the exact lists alone); the
+packed path hands near-ties to the exact one. Attention: output and dq, dk, dv against the reference
 given the same block_idx (with -1 slots), with the flash-attention tolerance rule
 (tolerance.py); right-padded positions get exact zeros and no gradient; NaN in padded k/v never
 reaches anything. dq comes from the dk/dv kernel's fp32 atomics, or, under
@@ -14,11 +15,13 @@ set (`pytest -m gpu` on a CUDA machine) draws 60 random shapes up to L = 4097.
 from __future__ import annotations
 
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 import torch
+import triton
 from torch import Tensor
 
 from blossom.attention import ltis_triton, reference
@@ -27,6 +30,13 @@ from blossom.attention.ltis_triton import ltis_attention, select_blocks
 from .cases import BF16, F16, F32, check_branch, check_padding_never_read, gpu_case, inputs, needs_cuda
 
 SCALE = 0.25
+
+
+@pytest.fixture(params=["exact", "packed"])
+def selection_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """select_blocks by the exact path alone, or the packed path first at every length."""
+    monkeypatch.setattr(ltis_triton, "_PACKED_MIN_BLOCKS", 10**9 if request.param == "exact" else 0)
+    return request.param
 
 
 # ------------------------------------------------------------------------------------------
@@ -72,6 +82,7 @@ SELECT_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("selection_path")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("shape", "num_selected"), SELECT_CASES)
 def test_select_matches_reference(shape, num_selected, dtype) -> None:
@@ -84,6 +95,7 @@ def test_select_matches_reference(shape, num_selected, dtype) -> None:
     assert_same_selection(select_blocks(q, ck, SCALE, num_selected), q, ck, num_selected)
 
 
+@pytest.mark.usefixtures("selection_path")
 def test_select_fp16_matches_reference() -> None:
     """fp16 takes the stacked path as bf16 does, on fp16 tensor cores on a GPU."""
     gen = torch.Generator().manual_seed(7)
@@ -92,6 +104,7 @@ def test_select_fp16_matches_reference() -> None:
     assert_same_selection(select_blocks(q, ck, SCALE, 4), q, ck, 4)
 
 
+@pytest.mark.usefixtures("selection_path")
 @pytest.mark.parametrize("rising", [False, True])
 def test_select_one_column_holds_the_top(rising: bool) -> None:
     """Blocks 2, 18, 34, 50 and 66 share column 2 of the 16-block chunks and beat every other
@@ -106,6 +119,7 @@ def test_select_one_column_holds_the_top(rising: bool) -> None:
     assert_same_selection(got, q, ck, 4)
 
 
+@pytest.mark.usefixtures("selection_path")
 def test_select_small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """16-query tiles: many programs per sequence, each keeping its columns' lists across 3
     chunks (nb = 37); inputs strided."""
@@ -128,6 +142,7 @@ def _aligned(length: int, hot_block: int, hot_logit: float) -> tuple[Tensor, Ten
     return q, ck
 
 
+@pytest.mark.usefixtures("selection_path")
 def test_select_ties_go_to_lower_index() -> None:
     q, ck = _aligned(100, -1, 0.0)
     got = select_blocks(q, ck, SCALE, 4)
@@ -138,6 +153,7 @@ def test_select_ties_go_to_lower_index() -> None:
     assert (got[0, :, :16] == -1).all()  # nothing visible before position 16
 
 
+@pytest.mark.usefixtures("selection_path")
 def test_select_hot_block() -> None:
     """A moderate winner leads and the rest follow by index; a huge one pushes every other
     block under the keep threshold (probability e^-30 < 1e-10); before it is visible, it is not chosen."""
@@ -151,6 +167,7 @@ def test_select_hot_block() -> None:
     assert got[0, 1, 63].tolist() == [0, 1, 2, -1]
 
 
+@pytest.mark.usefixtures("selection_path")
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
 def test_select_keep_threshold_needs_the_denominator(device: str) -> None:
     """A slot whose probability is near KEEP_PROB only relative to the max: e^-22 = 2.8e-10 of the
@@ -158,7 +175,7 @@ def test_select_keep_threshold_needs_the_denominator(device: str) -> None:
     dropped (9.3e-11) where two more blocks tie with the max (denominator 3), though it is the
     same logit gap. The kernel's bounds leave both open: only the exact denominator decides."""
     q, ck = _aligned(100, -1, 0.0)  # 6 blocks, all logits 0
-    ck[0, 0, :, 0] = torch.tensor([0.0, -40.0, -40.0, -40.0, -40.0, -22.0]) / SCALE  # max alone
+    ck[0, 0, :, 0] = torch.tensor([0.0, -40.0, -41.0, -42.0, -43.0, -22.0]) / SCALE  # max alone, no ties
     ck[0, 1, :, 0] = torch.tensor([0.0, 0.0, 0.0, -40.0, -40.0, -22.0]) / SCALE  # max three times
     got = select_blocks(q.to(device), ck.to(device), SCALE, 4).cpu()
     assert got[0, 0, 99].tolist() == [0, 5, -1, -1]
@@ -166,6 +183,7 @@ def test_select_keep_threshold_needs_the_denominator(device: str) -> None:
     assert_same_selection(got, q, ck, 4)
 
 
+@pytest.mark.usefixtures("selection_path")
 def test_select_null_logit_wins() -> None:
     """Logits far below the null logit (-1e3): every probability is ~e^-1000, so no slot is kept."""
     q, ck = _aligned(64, -1, 0.0)
@@ -173,6 +191,7 @@ def test_select_null_logit_wins() -> None:
     assert (select_blocks(q, ck, SCALE, 4) == -1).all()
 
 
+@pytest.mark.usefixtures("selection_path")
 def test_select_short_sequences() -> None:
     """L < 16: no blocks, n = 0 columns. L = 17: one block, visible only to position 16."""
     q = torch.randn(2, 4, 15, 16)
@@ -181,6 +200,59 @@ def test_select_short_sequences() -> None:
     got = select_blocks(q, ck, SCALE, 4)
     assert got.shape == (1, 2, 17, 1)
     assert got[0, :, 16, 0].tolist() == [0, 0] and (got[0, :, :16] == -1).all()
+
+
+def _select_on_paths(q: Tensor, ck: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(packed path's answer, which of its programs it redid exactly, exact path's answer)."""
+    programs = triton.cdiv(q.shape[2], ltis_triton._select_tiles(q.shape[2], ck.shape[2])[0]) * q.shape[0] * ck.shape[1]
+    redone = torch.full((programs,), -1, dtype=torch.int32, device=q.device)
+    got = ltis_triton._selection(q, ck, SCALE, 4, packed=True, redone=redone)
+    return got, redone, ltis_triton._selection(q, ck, SCALE, 4, packed=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_select_packed_path_answers_random_tiles(dtype: torch.dtype) -> None:
+    """Random logits (3 chunks of blocks): the packed keys order every row's 5 best without doubt,
+    so no tile is redone, and the answer is the exact path's."""
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 8, 700, 16, generator=gen).to(dtype)
+    ck = torch.randn(2, 2, 43, 16, generator=gen).to(dtype)
+    got, redone, exact = _select_on_paths(q, ck)
+    assert redone.tolist() == [0] * redone.numel()
+    assert torch.equal(got, exact)
+
+
+@pytest.mark.parametrize(("sign", "want"), [(1.0, [19, 3, 0, 1]), (-1.0, [3, 19, 0, 1])])
+def test_select_near_tie_goes_to_the_exact_path(sign: float, want: list[int]) -> None:
+    """Blocks 3 and 19 (column 3 of chunks 0 and 1) have logits +-1 and the fp32 number next to it
+    further from 0, differing in the very bit the packed keys give to the chunk: packed, they would
+    come out in the wrong order. The tile is redone exactly and they come out right; the other
+    blocks trail at -5 - j / 10."""
+    q, ck = _aligned(400, -1, 0.0)
+    logits = -5.0 - torch.arange(25, dtype=torch.float32) / 10
+    logits[3] = sign
+    logits[19] = torch.nextafter(torch.tensor(sign), torch.tensor(sign * math.inf))
+    ck[:, :, :, 0] = logits / SCALE
+    got, redone, exact = _select_on_paths(q, ck)
+    assert got[0, :, 399].tolist() == [want, want]
+    assert redone.view(2, -1)[:, -1].tolist() == [1, 1]  # the tile of rows 384 .. 399, both kv heads
+    assert torch.equal(got, exact)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("length", [2048, 4097, 8192])
+def test_gpu_select_paths_agree(length: int, dtype: torch.dtype) -> None:
+    """Random inputs where select_blocks takes the packed path: its answer is the exact path's, bit
+    for bit, and the reference's up to near-ties; under 5% of its tiles redone."""
+    gen = torch.Generator().manual_seed(length)
+    q = torch.randn(8, 8, length, 16, generator=gen).to(dtype).cuda()
+    ck = torch.randn(8, 2, length // 16, 16, generator=gen).to(dtype).cuda()
+    got, redone, exact = _select_on_paths(q, ck)
+    assert torch.equal(got, exact)
+    assert 0 <= redone.float().mean().item() < 0.05
+    assert_same_selection(got, q, ck, 4)
 
 
 # ------------------------------------------------------------------------------------------
