@@ -632,9 +632,11 @@ def _own_block_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok
 
 @triton.jit
 def _normalise(acc, denom, row_ok):
-    """(output rows acc / denom, exact zeros where not row_ok; the denominators, 1 there)."""
+    """(output rows acc / denom, exact zeros where not row_ok; the denominators, 1 there). One
+    division per row and a product per element: a division per element cost ~5 instructions
+    (fp32 division's range scaling), ~60 of the inference forward kernel's ~260 after its loops."""
     denom = tl.where(row_ok, denom, 1.0)
-    return tl.where(row_ok[:, None], acc / denom[:, None], 0.0), denom
+    return tl.where(row_ok[:, None], acc * (1.0 / denom)[:, None], 0.0), denom
 
 
 @triton.jit

@@ -47,6 +47,11 @@ _PROJECT_ROWS, _PROJECT_COLS, _PROJECT_WARPS, _PROJECT_PER_SM = 64, 64, 4, 4
 # the widest x the kernel takes: its x tile [64, D] and weight block [D, 64] (or [D, d]) sit in
 # shared memory whole; wider models run the Linears
 _PROJECT_MAX_HIDDEN = 256
+# The projection kernel's registers: 178 uncapped (236 with the column blocks' branches), so 2 of the
+# 4 programs per SM fit; 128 fits 4 and spills a little. H100, B = 64, bf16, alone, CUDA graphs:
+# 0.88-0.92x the uncapped kernel without the branches at L = 1024-4096, 0.96x at 8192, 1.01-1.03x at
+# 200-512; without the cap 0.89-0.93x and 0.98x (results/bench/README.md, session 22)
+_PROJECT_MAXNREG = 128
 _TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
 
@@ -161,10 +166,13 @@ def _project_fwd(
     loads its weight block [HIDDEN_P, BLOCK_N] once and keeps it (_project gives the times); the
     column blocks of a token tile are consecutive programs, so they share its x rows in L2. A
     block starts at a head boundary (BLOCK_N is a multiple of d = 2 HALF), so _rotate's angles
-    line up; it rotates v's and the logits' columns too, which are then not used."""
+    line up; it rotates v's columns too, which are then not used. A block of q's columns only
+    skips k's, v's and the logits' stores (their offsets are most of a tile's instructions), one of
+    the logits' only skips the rotation and every other store."""
     qkv_width = q_width + 2 * kv_width
     n_blocks = tl.cdiv(qkv_width + gl_width, BLOCK_N)
-    col = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col0 = (tl.program_id(0) % n_blocks) * BLOCK_N
+    col = col0 + tl.arange(0, BLOCK_N)
     in_qkv = col < qkv_width
     gate_col = col - qkv_width
     in_gate = (gate_col >= 0) & (gate_col < gl_width)
@@ -180,21 +188,27 @@ def _project_fwd(
         rows = tok.to(tl.int64)[:, None]
         x = tl.load(X + rows * sx_t + kk[None, :] * sx_d, mask=tok_ok[:, None] & k_ok[None, :], other=0.0)
         y = (dot(x, w, DOT) + bias[None, :]).to(X.dtype.element_ty)
-        rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
-        y = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
-        tl.store(Q + rows * q_width + col[None, :], y.to(Q.dtype.element_ty),
-                 mask=tok_ok[:, None] & (col < q_width)[None, :])  # fmt: skip
-        # k's and v's offsets as a row term (b, g = 0, position) plus a column term (g, c), each
-        # formed once: formed per element they took 100 registers where 96 fit 5 programs per SM
-        # (session 15's kernel, H100)
-        kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None] * d
-        for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
-            local = col - q_width - part * kv_width
-            dst = K if part == 0 else V
-            offs = kv_rows + ((local // d).to(tl.int64) * length * d + local % d)[None, :]
-            tl.store(dst + offs, y.to(dst.dtype.element_ty),
-                     mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
-        tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty), mask=tok_ok[:, None] & in_gate[None, :])
+        if col0 >= qkv_width:  # the gate logits' columns only: no rotation, one store
+            tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty),
+                     mask=tok_ok[:, None] & in_gate[None, :])  # fmt: skip
+        else:
+            rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
+            out = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
+            tl.store(Q + rows * q_width + col[None, :], out.to(Q.dtype.element_ty),
+                     mask=tok_ok[:, None] & (col < q_width)[None, :])  # fmt: skip
+            if col0 + BLOCK_N > q_width:  # k's, v's or the logits' columns too
+                # k's and v's offsets as a row term (b, g = 0, position) plus a column term (g,
+                # c), each formed once: formed per element they took 100 registers where 96 fit
+                # 5 programs per SM (session 15's kernel, H100)
+                kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None] * d
+                for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
+                    local = col - q_width - part * kv_width
+                    dst = K if part == 0 else V
+                    offs = kv_rows + ((local // d).to(tl.int64) * length * d + local % d)[None, :]
+                    tl.store(dst + offs, out.to(dst.dtype.element_ty),
+                             mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
+                tl.store(GL + rows * gl_width + gate_col[None, :], out.to(GL.dtype.element_ty),
+                         mask=tok_ok[:, None] & in_gate[None, :])  # fmt: skip
 
 
 def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tuple[int], dict[str, int]]:
@@ -300,6 +314,7 @@ def _project(
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
         HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, HIDDEN_P=max(16, triton.next_power_of_2(hidden)),
         DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS, num_stages=1,
+        **({"maxnreg": _PROJECT_MAXNREG} if _PROJECT_MAXNREG and not interpreted() else {}),
     )  # fmt: skip
     return q.transpose(1, 2), k, v, logits
 
