@@ -86,7 +86,7 @@ from blossom.attention import reference
 from blossom.attention.gate_triton import backward_gate_args, branch_gate, gated_delta, logit_strides
 from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.triton_common import (
-    LOG2E, block_d, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, interpreted, valid_length,
+    LOG2E, block_d, branch_buffers, check_gqa, device_lengths, dot, dot_mode, empty_blhd, reg_cap, valid_length,
 )
 
 _BLOCK: tl.constexpr = tl.constexpr(reference.BLOCK)
@@ -100,6 +100,13 @@ MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp s
 # at 200-512, whose tiles take a chunk or two; the cap at 72-128 registers within 2% of each other
 # (results/bench/README.md, session 22)
 _PACKED_MIN_BLOCKS, _SELECT_MAXNREG = 128, 72
+# Register caps of the forward, dq and LTIS dk/dv kernels (one warp per program at 16-wide heads and
+# 2-byte inputs, where they were measured; no cap elsewhere): 76, 74 and 168 registers uncapped, 25,
+# 25 and 12 resident warps per SM; capped 28, 32 and 16. H100, B = 64, bf16, the layer as CUDA graphs: the forward at 72
+# registers (28 warps) took inference 0.973x at L = 4096, 0.978x at 1024 (64: 0.990x / 0.997x); dq at
+# 64 and dk/dv at 128 together with it training 0.980x at 4096, 0.991x at 1024; dk/dv at 96 1.05-1.10x
+# (results/bench/README.md, session 22)
+_FWD_MAXNREG, _DQ_MAXNREG, _DKDV_MAXNREG = 72, 64, 128
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 
 
@@ -423,7 +430,7 @@ def _selection(q: Tensor, ck: Tensor, scale: float, num_selected: int, packed: b
         GROUP=h // kv_heads, GROUP_P=triton.next_power_of_2(h // kv_heads), HEAD_DIM=d, BLOCK_D=block_d(d), N=n,
         N_PAD=triton.next_power_of_2(n), BLOCK_M=block_m, BLOCK_N=block_n,
         DOT=dot_mode(q.dtype if stack else torch.float32), STACK_HEADS=stack, PACKED=packed, num_warps=4,
-        **({"maxnreg": _SELECT_MAXNREG} if packed and not interpreted() else {}),
+        **reg_cap(_SELECT_MAXNREG if packed else None),
     )  # fmt: skip
     return out
 
@@ -1047,6 +1054,7 @@ def _launch_forward(
         q, k, v, block_idx, seq_len, out, lse, stis_out, stis_lse, gate_logits, mix,
         *q.stride(), *k.stride(), *v.stride(), *block_idx.stride(), *written.stride(), *logit_strides(gate_logits),
         length, block_idx.shape[3], _stis_powers(length), kv_heads, scale * LOG2E.value, **meta, STIS=with_stis,
+        **reg_cap(_measured_cap(q, meta, _FWD_MAXNREG)),
     )  # fmt: skip
 
 
@@ -1111,6 +1119,7 @@ def launch_backward(
         *dk.stride(), length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, scale,
         **meta, N_SLOTS=max(n_slots, 1), ACCUMULATE=add_to is not None,
         num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
+        **reg_cap(_measured_cap(q, meta, _DKDV_MAXNREG)),
     )  # fmt: skip
     return dq, dk, dv
 
@@ -1135,7 +1144,13 @@ def launch_dq(
         *q.stride(), *k.stride(), *v.stride(), *(block_idx.stride() if not stis else (0,) * 4), *out.stride(),
         *dout.stride(), *gate_strides, length, _stis_powers(length) if stis else block_idx.shape[3], kv_heads,
         scale * LOG2E.value, scale, **meta, ACCUMULATE=accumulate, STIS=stis,
+        **reg_cap(_measured_cap(q, meta, _DQ_MAXNREG)),
     )  # fmt: skip
+
+
+def _measured_cap(q: Tensor, meta: dict[str, object], registers: int) -> int | None:
+    """registers where the caps were measured (16-wide heads, 2-byte inputs), else None."""
+    return registers if meta["BLOCK_D"] == 16 and q.element_size() == 2 else None
 
 
 def _meta(q: Tensor, kv_heads: int) -> dict[str, object]:

@@ -33,7 +33,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.side_stream import SideStream
-from blossom.attention.triton_common import dot, dot_mode, interpreted, sm_count
+from blossom.attention.triton_common import dot, dot_mode, interpreted, reg_cap, sm_count
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
 # The projection kernel's tokens and columns per program, warps, and programs per SM (each keeps its
@@ -314,7 +314,7 @@ def _project(
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
         HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, HIDDEN_P=max(16, triton.next_power_of_2(hidden)),
         DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS, num_stages=1,
-        **({"maxnreg": _PROJECT_MAXNREG} if _PROJECT_MAXNREG and not interpreted() else {}),
+        **reg_cap(_PROJECT_MAXNREG),
     )  # fmt: skip
     return q.transpose(1, 2), k, v, logits
 

@@ -19,6 +19,12 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def reg_cap(registers: int | None) -> dict[str, int]:
+    """Launch options capping a kernel's registers per thread (none for None, or under the
+    interpreter): a one-warp program's registers bound how many warps an SM keeps resident."""
+    return {"maxnreg": registers} if registers and not interpreted() else {}
+
+
 @triton.jit
 def valid_length(SEQ_LEN, b, length):
     """Rows < this are real items: min(seq_len[b], L), or L without seq_len."""

@@ -21,7 +21,7 @@ from torch import Tensor
 from blossom.attention import reference, rotary_triton
 from blossom.attention.gate_triton import gated_merge
 from blossom.attention.rotary_triton import project_split_rope, split_heads_rope
-from blossom.attention.triton_common import empty_blhd
+from blossom.attention.triton_common import empty_blhd, reg_cap
 
 from .cases import BF16, F16, F32, needs_cuda
 from .tolerance import assert_close_to_reference
@@ -171,6 +171,15 @@ def test_rotary_gradient_of_unused_output_is_zero() -> None:
     q, k, v = split_heads_rope(qkv, 2, 1)
     (grad,) = torch.autograd.grad(q.sum(), qkv)
     assert grad[..., 32:].abs().max() == 0 and grad[..., :32].abs().max() > 0
+
+
+def test_register_caps_reach_only_compiled_launches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cap becomes Triton's maxnreg launch option on a GPU; None, and anything under the
+    interpreter (no registers to cap), gives no option."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert reg_cap(72) == {"maxnreg": 72} and reg_cap(None) == {}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert reg_cap(72) == {}
 
 
 def test_rejects_bad_shapes() -> None:
