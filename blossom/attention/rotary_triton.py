@@ -166,9 +166,9 @@ def _project_fwd(
     loads its weight block [HIDDEN_P, BLOCK_N] once and keeps it (_project gives the times); the
     column blocks of a token tile are consecutive programs, so they share its x rows in L2. A
     block starts at a head boundary (BLOCK_N is a multiple of d = 2 HALF), so _rotate's angles
-    line up; it rotates v's columns too, which are then not used. A block of q's columns only
-    skips k's, v's and the logits' stores (their offsets are most of a tile's instructions), one of
-    the logits' only skips the rotation and every other store."""
+    line up; it rotates v's columns too, which are then not used. A block of q's columns only skips
+    k's, v's and the logits' stores (their offsets are most of a tile's instructions); a block of
+    the logits' columns stores only them, unrotated."""
     qkv_width = q_width + 2 * kv_width
     n_blocks = tl.cdiv(qkv_width + gl_width, BLOCK_N)
     col0 = (tl.program_id(0) % n_blocks) * BLOCK_N
