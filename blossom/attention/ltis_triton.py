@@ -102,10 +102,10 @@ MAX_HEAD_DIM = 128  # [16, d] fp32 accumulators and [64, d] key tiles per warp s
 _PACKED_MIN_BLOCKS, _SELECT_MAXNREG = 128, 72
 # Register caps of the forward, dq and LTIS dk/dv kernels (one warp per program at 16-wide heads and
 # 2-byte inputs, where they were measured; no cap elsewhere): 76, 74 and 168 registers uncapped, 25,
-# 25 and 12 resident warps per SM; capped 28, 32 and 16. H100, B = 64, bf16, the layer as CUDA graphs: the forward at 72
-# registers (28 warps) took inference 0.973x at L = 4096, 0.978x at 1024 (64: 0.990x / 0.997x); dq at
-# 64 and dk/dv at 128 together with it training 0.980x at 4096, 0.991x at 1024; dk/dv at 96 1.05-1.10x
-# (results/bench/README.md, session 22)
+# 25 and 12 resident warps per SM; capped 28, 32 and 16. H100, B = 64, bf16, the layer as CUDA
+# graphs, each cap alone: the forward at 72 inference 0.973x at L = 4096, 0.978x at 1024 (at 64:
+# 0.990x / 0.997x); dq at 64 training 0.993-0.995x, dk/dv at 128 0.992-1.000x (at 96 1.05-1.10x).
+# The three together: inference 0.973x, training 0.985x at 4096 (results/bench/README.md, session 22)
 _FWD_MAXNREG, _DQ_MAXNREG, _DKDV_MAXNREG = 72, 64, 128
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 
@@ -470,6 +470,12 @@ def _row_ptrs(base, heads, queries, cols, s_h, s_l, s_d):
 
 
 @triton.jit
+def _slot_blocks(idx_base, s_il, s_it, owner, t, n_valid):
+    """The block selected in slot t by queries owner (any shape; -1 for none, or past seq_len)."""
+    return tl.load(idx_base + owner * s_il + t * s_it, mask=owner < n_valid, other=-1)
+
+
+@triton.jit
 def _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr):
     """Keys [BLOCK_Q * 16, 1] of selected slot t for the tile's queries, query a owning rows
     16a .. 16a + 15 of the key tile, and their mask (slot -1, or keys past seq_len, give none).
@@ -479,8 +485,7 @@ def _slot_keys(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr):
     pointer); from an index column it moved the offsets and the mask (the forward's slot step
     302 against 336 SASS instructions); from the queries' blocks nothing moves (298, 8 shuffles
     of 26 left, all K's; offline sm_90 compiles, bf16, H/G = 4, d = 16)."""
-    owner = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)[:, None, None]
-    blk = tl.load(idx_base + owner * s_il + t * s_it, mask=owner < n_valid, other=-1)
+    blk = _slot_blocks(idx_base, s_il, s_it, tile * BLOCK_Q + tl.arange(0, BLOCK_Q)[:, None, None], t, n_valid)
     keys = blk * _BLOCK + tl.arange(0, _BLOCK)[None, :, None]
     ok = (blk >= 0) & (keys < n_valid)
     return tl.reshape(keys, [BLOCK_Q * _BLOCK, 1]), tl.reshape(ok, [BLOCK_Q * _BLOCK, 1])
@@ -621,8 +626,7 @@ def _slot_row_mask(idx_base, s_il, s_it, tile, t, n_valid, BLOCK_Q: tl.constexpr
     the index (row r is query r // GROUP_P's), in the layout of the scores: _row_mask of the key
     tile's mask moved it between lanes."""
     r = tl.arange(0, BLOCK_Q * GROUP_P)[:, None]
-    owner = tile * BLOCK_Q + r // GROUP_P
-    blk = tl.load(idx_base + owner * s_il + t * s_it, mask=owner < n_valid, other=-1)
+    blk = _slot_blocks(idx_base, s_il, s_it, tile * BLOCK_Q + r // GROUP_P, t, n_valid)
     return (blk >= 0) & (blk * _BLOCK + tl.arange(0, _BLOCK)[None, :] < n_valid)
 
 
