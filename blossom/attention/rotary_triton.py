@@ -44,13 +44,20 @@ _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the 
 # (results/bench/raw-2026-11-27-session18/). The tile is session 14's, the fastest of 28 there; one
 # pipeline stage: 2 or 3 over the tile loop took 1.13-1.61x (do_bench), as over session 14's K loop
 _PROJECT_ROWS, _PROJECT_COLS, _PROJECT_WARPS, _PROJECT_PER_SM = 64, 64, 4, 4
+# Twice the programs where each still walks _PROJECT_MIN_TILES token tiles or more: only 4 fit an SM
+# at once, and the rest start as those end, which evens out the blocks' unequal tiles (q's blocks
+# store less than the last block). With the gate in the last block, alone (session 23): 8 per SM
+# 0.976x / 0.951x / 0.943x the time of 4 at L = 2048 / 4096 / 8192 (B = 64), 1.03-1.07x at 200-1024
+_PROJECT_PER_SM_LONG, _PROJECT_MIN_TILES = 8, 4
 # the widest x the kernel takes: its x tile [64, D] and weight block [D, 64] (or [D, d]) sit in
 # shared memory whole; wider models run the Linears
 _PROJECT_MAX_HIDDEN = 256
 # The projection kernel's registers: 178 uncapped (236 with the column blocks' branches), so 2 of the
 # 4 programs per SM fit; 128 fits 4 and spills a little. H100, B = 64, bf16, alone, CUDA graphs:
 # 0.88-0.92x the uncapped kernel without the branches at L = 1024-4096, 0.96x at 8192, 1.01-1.03x at
-# 200-512; without the cap 0.89-0.93x and 0.98x (results/bench/README.md, session 22)
+# 200-512; without the cap 0.89-0.93x and 0.98x (results/bench/README.md, session 22). With the gate
+# in the last block (session 23): 138 uncapped, 120 under the cap, whose kernel took 0.96-0.99x the
+# uncapped one's time at L = 200-8192
 _PROJECT_MAXNREG = 128
 _TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
@@ -157,29 +164,33 @@ def _project_fwd(
     X, W, WG, BG, COS, SIN, Q, K, V, GL,
     sx_t, sx_d, sw_o, sw_i, swg_o, swg_i,
     n_tokens, length, hidden, q_width, kv_width, gl_width,
-    HALF: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HIDDEN_P: tl.constexpr, DOT: tl.constexpr,
+    HALF: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HIDDEN_P: tl.constexpr, GL_P: tl.constexpr,
+    DOT: tl.constexpr,
 ):  # fmt: skip
-    """One block of BLOCK_N columns of [x W_qkv^T | x W_gate^T + b_gate], for token tiles of ROWS
-    tokens strided by the programs per block, rounded to x's dtype as the Linears round, q's and
-    k's columns then rotated as _rotary_fwd rotates them, each column stored to its buffer (q and
-    the logits contiguous [B, L, width], k and v [B, G, L, d]: _project says why). The program
-    loads its weight block [HIDDEN_P, BLOCK_N] once and keeps it (_project gives the times); the
-    column blocks of a token tile are consecutive programs, so they share its x rows in L2. A
-    block starts at a head boundary (BLOCK_N is a multiple of d = 2 HALF), so _rotate's angles
-    line up; it rotates v's columns too, which are then not used. A block of q's columns only skips
-    k's, v's and the logits' stores (their offsets are most of a tile's instructions); a block of
-    the logits' columns stores only them, unrotated."""
+    """One block of BLOCK_N columns of x W_qkv^T, for token tiles of ROWS tokens strided by the
+    programs per block, rounded to x's dtype as the Linear rounds, q's and k's columns then rotated
+    as _rotary_fwd rotates them, each column stored to its buffer (q contiguous [B, L, H d], k and
+    v [B, G, L, d]: _project says why); the last block also x W_gate^T + b_gate, the logits [B, L,
+    gl_width], with a second product of the same x rows: a block of its own (16 logits in 64
+    columns) cost as much as a block of q's (H100, B = 64, bf16, alone: this kernel 0.879x the time
+    of that one at L = 4096, 0.834x at 8192, 0.88-0.96x at 200-2048; session 23). The program loads
+    its weights once and keeps them; the column blocks of a token tile are consecutive programs,
+    so they share its x rows in L2. A block starts at a head boundary (BLOCK_N is a multiple of d
+    = 2 HALF), so _rotate's angles line up; it rotates v's columns too, which are then not used. A
+    block of q's columns only skips k's and v's stores (their offsets are most of a tile's
+    instructions)."""
     qkv_width = q_width + 2 * kv_width
-    n_blocks = tl.cdiv(qkv_width + gl_width, BLOCK_N)
+    n_blocks = tl.cdiv(qkv_width, BLOCK_N)
     col0 = (tl.program_id(0) % n_blocks) * BLOCK_N
     col = col0 + tl.arange(0, BLOCK_N)
-    in_qkv = col < qkv_width
-    gate_col = col - qkv_width
-    in_gate = (gate_col >= 0) & (gate_col < gl_width)
+    last = col0 + BLOCK_N >= qkv_width
     kk = tl.arange(0, HIDDEN_P)
     k_ok = kk < hidden
-    w = tl.load(W + col[None, :] * sw_o + kk[:, None] * sw_i, mask=k_ok[:, None] & in_qkv[None, :], other=0.0)
-    w += tl.load(WG + gate_col[None, :] * swg_o + kk[:, None] * swg_i, mask=k_ok[:, None] & in_gate[None, :], other=0.0)
+    w = tl.load(W + col[None, :] * sw_o + kk[:, None] * sw_i, mask=k_ok[:, None] & (col < qkv_width)[None, :], other=0.0)
+    gate_col = tl.arange(0, GL_P)
+    in_gate = (gate_col < gl_width) & last
+    w_gate = tl.load(WG + gate_col[None, :] * swg_o + kk[:, None] * swg_i, mask=k_ok[:, None] & in_gate[None, :],
+                     other=0.0)  # fmt: skip
     bias = tl.load(BG + gate_col, mask=in_gate, other=0.0).to(tl.float32)
     d = 2 * HALF
     for tile in range(tl.program_id(0) // n_blocks, tl.cdiv(n_tokens, ROWS), tl.num_programs(0) // n_blocks):
@@ -187,28 +198,25 @@ def _project_fwd(
         tok_ok = tok < n_tokens
         rows = tok.to(tl.int64)[:, None]
         x = tl.load(X + rows * sx_t + kk[None, :] * sx_d, mask=tok_ok[:, None] & k_ok[None, :], other=0.0)
-        y = (dot(x, w, DOT) + bias[None, :]).to(X.dtype.element_ty)
-        if col0 >= qkv_width:  # the gate logits' columns only: no rotation, one store
-            tl.store(GL + rows * gl_width + gate_col[None, :], y.to(GL.dtype.element_ty),
-                     mask=tok_ok[:, None] & in_gate[None, :])  # fmt: skip
-        else:
-            rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
-            out = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
-            tl.store(Q + rows * q_width + col[None, :], out.to(Q.dtype.element_ty),
-                     mask=tok_ok[:, None] & (col < q_width)[None, :])  # fmt: skip
-            if col0 + BLOCK_N > q_width:  # k's, v's or the logits' columns too
-                # k's and v's offsets as a row term (b, g = 0, position) plus a column term (g,
-                # c), each formed once: formed per element they took 100 registers where 96 fit
-                # 5 programs per SM (session 15's kernel, H100)
-                kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None] * d
-                for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
-                    local = col - q_width - part * kv_width
-                    dst = K if part == 0 else V
-                    offs = kv_rows + ((local // d).to(tl.int64) * length * d + local % d)[None, :]
-                    tl.store(dst + offs, out.to(dst.dtype.element_ty),
-                             mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
-                tl.store(GL + rows * gl_width + gate_col[None, :], out.to(GL.dtype.element_ty),
-                         mask=tok_ok[:, None] & in_gate[None, :])  # fmt: skip
+        y = dot(x, w, DOT).to(X.dtype.element_ty)
+        rotated = _rotate(y, tok % length, COS, SIN, HALF, False)
+        out = tl.where((col < q_width + kv_width)[None, :], rotated, y.to(tl.float32))
+        tl.store(Q + rows * q_width + col[None, :], out.to(Q.dtype.element_ty),
+                 mask=tok_ok[:, None] & (col < q_width)[None, :])  # fmt: skip
+        if col0 + BLOCK_N > q_width:  # k's or v's columns too
+            # k's and v's offsets as a row term (b, g = 0, position) plus a column term (g, c),
+            # each formed once: formed per element they took 100 registers where 96 fit 5
+            # programs per SM (session 15's kernel, H100)
+            kv_rows = ((tok // length).to(tl.int64) * (kv_width // d) * length + tok % length)[:, None] * d
+            for part in tl.static_range(2):  # k, then v: kv_width columns each, after q's
+                local = col - q_width - part * kv_width
+                dst = K if part == 0 else V
+                offs = kv_rows + ((local // d).to(tl.int64) * length * d + local % d)[None, :]
+                tl.store(dst + offs, out.to(dst.dtype.element_ty),
+                         mask=tok_ok[:, None] & ((local >= 0) & (local < kv_width))[None, :])  # fmt: skip
+        if last:
+            logits = (dot(x, w_gate, DOT) + bias[None, :]).to(GL.dtype.element_ty)
+            tl.store(GL + rows * gl_width + gate_col[None, :], logits, mask=tok_ok[:, None] & in_gate[None, :])
 
 
 def _launch_meta(n_tokens: int, n_heads: int, kv_heads: int, d: int) -> tuple[tuple[int], dict[str, int]]:
@@ -307,16 +315,23 @@ def _project(
     logits = x.new_empty(b, length, w_gate.shape[0])
     cos, sin = _tables(length, d, x.device)
     block_n = max(_PROJECT_COLS, d)
-    n_blocks = triton.cdiv(w_qkv.shape[0] + w_gate.shape[0], block_n)
-    per_block = min(triton.cdiv(b * length, _PROJECT_ROWS), max(1, sm_count(x.device) * _PROJECT_PER_SM // n_blocks))
+    n_blocks = triton.cdiv(w_qkv.shape[0], block_n)
+    tiles = triton.cdiv(b * length, _PROJECT_ROWS)
+    per_block = min(tiles, max(1, sm_count(x.device) * _programs_per_sm(tiles, n_blocks, x.device) // n_blocks))
     _project_fwd[(n_blocks * per_block,)](
         rows, w_qkv, w_gate, b_gate, cos, sin, q, k, v, logits, *rows.stride(), *w_qkv.stride(), *w_gate.stride(),
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
         HALF=d // 2, ROWS=_PROJECT_ROWS, BLOCK_N=block_n, HIDDEN_P=max(16, triton.next_power_of_2(hidden)),
-        DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS, num_stages=1,
-        **reg_cap(_PROJECT_MAXNREG),
+        GL_P=max(16, triton.next_power_of_2(w_gate.shape[0])), DOT=dot_mode(x.dtype), num_warps=_PROJECT_WARPS,
+        num_stages=1, **reg_cap(_PROJECT_MAXNREG),
     )  # fmt: skip
     return q.transpose(1, 2), k, v, logits
+
+
+def _programs_per_sm(tiles: int, n_blocks: int, device: torch.device) -> int:
+    """_PROJECT_PER_SM_LONG where each program would still walk _PROJECT_MIN_TILES tiles, else _PROJECT_PER_SM."""
+    programs = sm_count(device) * _PROJECT_PER_SM_LONG // n_blocks
+    return _PROJECT_PER_SM_LONG if tiles >= _PROJECT_MIN_TILES * programs else _PROJECT_PER_SM
 
 
 class _SplitHeadsRope(torch.autograd.Function):
