@@ -30,10 +30,20 @@ from torch import Tensor, nn
 from blossom.attention import reference
 from blossom.attention.triton_common import block_d, dot, dot_mode, interpreted, sm_count
 
-_HIDDEN_CHUNK = 128  # hidden units per step: a [64, 128] fp32 accumulator over 4 warps
+_HIDDEN_CHUNK = 128  # the narrow tile's hidden units per step: a [64, 128] fp32 accumulator over 4 warps
 # window rows per dot (K = 4 d). H100, B = 64, bf16 (2, 4, 8 rows x 64, 128 hidden units): 4 x 128
 # was fastest or within 10% at every L: 25 us at L = 200, 65 us at 4096 (one row per dot: 56, 143)
 _ROWS_PER_STEP = 4
+# Windows per program, hidden units per step and warps: the narrow tile (64, _HIDDEN_CHUNK, 4) below
+# _WIDE_FROM_BLOCKS blocks (L = 2048), the wide one, never split, from there. Each program reads all
+# of W1 (512 KiB at d = 16) from L2, and the narrow tile's programs (218 registers, 2 per SM) waited
+# on it: twice the windows and hidden units per step halve those reads per window and double the
+# products per load. H100, B = 64, bf16, alone, CUDA graphs (session 23): the wide tile 37.5 against
+# 47.8 us at L = 4096, 72.7 against 94.1 at 8192, outputs identical; at L = 2048 19.4 against 23.9
+# (split in two, for 128 tiles and 132 SMs, 22.2); at L = 1024 (64 blocks, half its windows empty)
+# 19.1 against the split narrow tile's 15.3
+_WIDE_TILE = (128, 256, 8)
+_WIDE_FROM_BLOCKS = 128
 # The hidden units split across programs while tiles x split < _SPLIT_BELOW x SMs (at B = 64: 2 programs
 # per tile at L = 200-1024, 128 tiles; none from 2048, 256+ tiles). Alone, CUDA graphs, H100, bf16, split 2
 # against none: 0.90x / 0.93x / 0.87x at L = 200 / 512 / 1024, 1.04-1.11x at 2048-8192 (session 20)
@@ -155,9 +165,9 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     if num_blocks == 0:
         return ck
     first, second = mlp[0], mlp[2]
-    block_j = min(64, max(16, triton.next_power_of_2(num_blocks)))
+    block_j, chunk, warps = _tile(num_blocks, reference.WINDOW * d)
     tiles = triton.cdiv(num_blocks, block_j) * b * g
-    split = _split(tiles, reference.WINDOW * d, ck.device)
+    split = 1 if (block_j, chunk, warps) == _WIDE_TILE else _split(tiles, reference.WINDOW * d, ck.device)
     width = block_d(d)
     part = torch.empty(split, b * g * num_blocks, width, device=k.device, dtype=torch.float32) if split > 1 else None
     _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g, split)](
@@ -165,8 +175,8 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
         *k.stride(), *positions.stride(), *first.weight.stride(), *second.weight.stride(), *ck.stride(),
         num_blocks, g,
         HEAD_DIM=d, BLOCK_D=width, WINDOW=reference.WINDOW, STRIDE=reference.BLOCK,
-        HIDDEN=reference.WINDOW * d, CHUNK=_HIDDEN_CHUNK, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=dot_mode(k.dtype),
-        SPLIT=split, num_warps=4,
+        HIDDEN=reference.WINDOW * d, CHUNK=chunk, ROWS=_ROWS_PER_STEP, BLOCK_J=block_j, PRECISION=dot_mode(k.dtype),
+        SPLIT=split, num_warps=warps,
     )  # fmt: skip
     if split > 1:
         n_rows = b * g * num_blocks
@@ -177,9 +187,17 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     return ck
 
 
+def _tile(num_blocks: int, hidden: int) -> tuple[int, int, int]:
+    """(windows per program, hidden units per step, warps): the wide tile from _WIDE_FROM_BLOCKS blocks
+    where its step divides the hidden units, else the narrow one (fewer windows for fewer blocks)."""
+    if num_blocks >= _WIDE_FROM_BLOCKS and hidden % _WIDE_TILE[1] == 0:
+        return _WIDE_TILE
+    return min(64, max(16, triton.next_power_of_2(num_blocks))), _HIDDEN_CHUNK, 4
+
+
 def _split(tiles: int, hidden: int, device: torch.device) -> int:
-    """Programs per tile of windows, each taking a share of the hidden units: several where the tiles
-    alone would leave SMs idle (L = 512 at B = 64: 128 tiles for 132 SMs), 1 otherwise."""
+    """Programs per narrow tile of windows, each taking a share of the hidden units: several where the
+    tiles alone would leave SMs idle (L = 512 at B = 64: 128 tiles for 132 SMs), 1 otherwise."""
     chunks = hidden // _HIDDEN_CHUNK
     if interpreted() or device.type != "cuda":
         return _INTERPRETER_SPLIT if chunks % _INTERPRETER_SPLIT == 0 else 1

@@ -79,6 +79,17 @@ def test_compress_block_tiles_and_short_sequences() -> None:
         assert compress_keys(torch.randn(2, 2, 15, 16), positions, mlp).shape == (2, 2, 0, 16)
 
 
+def test_compress_wide_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wide tile (long sequences on a GPU: 128 windows, 256 hidden units a step, never split),
+    here from one block on: two tiles, the second partial, d = 8 (256 hidden units: one step); one
+    partial tile, d = 16, strided k."""
+    monkeypatch.setattr(compress_triton, "_WIDE_FROM_BLOCKS", 1)
+    monkeypatch.setattr(compress_triton, "_INTERPRETER_SPLIT", 2)
+    assert compress_triton._tile(140, reference.WINDOW * 16) == compress_triton._WIDE_TILE
+    check(1, 1, 16 * 140 + 5, 8, F32, "cpu", strided=False, seed=1)
+    check(1, 2, 16 * 20, 16, F32, "cpu", strided=True, seed=2)
+
+
 def test_outside_the_contract_is_the_reference() -> None:
     """A gradient wanted, or an MLP that is not BlossomRec's, takes the reference path."""
     positions, mlp = compressor(2, 16, 0)
