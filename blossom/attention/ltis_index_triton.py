@@ -116,7 +116,7 @@ def _tile(per_segment: int) -> int:
 
 
 def inverted_index(block_idx: Tensor, seq_len: Tensor | None) -> tuple[Tensor, Tensor]:
-    """CSR of block_idx [B, G, L, n] (int, -1 unused; seq_len [B] int32 on its device, or None):
+    """CSR of block_idx [B, G, L, n] (int, -1 unused; seq_len [B] int32 or int64 on its device, or None):
     offsets [B G (nb + 1) + 1] int32, row (b G + g) (nb + 1) + block, the last row of each (b, g)
     its pairs left out; order [B G L n] int32, the pairs' flat (b, g, query, slot) positions row
     by row, each row's ascending. Where no block is selectable (n = 0 or L < 16), one zero each."""

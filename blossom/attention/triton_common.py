@@ -27,10 +27,11 @@ def reg_cap(registers: int | None) -> dict[str, int]:
 
 @triton.jit
 def valid_length(SEQ_LEN, b, length):
-    """Rows < this are real items: min(seq_len[b], L), or L without seq_len."""
+    """Rows < this are real items: min(seq_len[b], L) as int32 (seq_len int32 or int64), or L
+    without seq_len."""
     n_valid = length
     if SEQ_LEN is not None:
-        n_valid = tl.minimum(tl.load(SEQ_LEN + b), length)
+        n_valid = tl.minimum(tl.load(SEQ_LEN + b), length).to(tl.int32)
     return n_valid
 
 
@@ -97,5 +98,10 @@ def check_gqa(q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, max_head_
 
 
 def device_lengths(seq_len: Tensor | None, device: torch.device) -> Tensor | None:
-    """seq_len as the kernels read it: contiguous int32 on the inputs' device."""
-    return None if seq_len is None else seq_len.to(device=device, dtype=torch.int32).contiguous()
+    """seq_len as the kernels read it: contiguous int32 or int64 on the inputs' device. Lengths
+    already there in either are passed as they are: a cast is a kernel launch of its own (~1.5 us
+    in each step on an H100, where RecBole and the bench hand over int64)."""
+    if seq_len is None:
+        return None
+    dtype = seq_len.dtype if seq_len.dtype in (torch.int32, torch.int64) else torch.int32
+    return seq_len.to(device=device, dtype=dtype).contiguous()

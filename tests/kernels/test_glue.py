@@ -21,7 +21,7 @@ from torch import Tensor
 from blossom.attention import reference, rotary_triton
 from blossom.attention.gate_triton import gated_merge
 from blossom.attention.rotary_triton import project_split_rope, split_heads_rope
-from blossom.attention.triton_common import empty_blhd, reg_cap
+from blossom.attention.triton_common import device_lengths, empty_blhd, reg_cap
 
 from .cases import BF16, F16, F32, needs_cuda
 from .tolerance import assert_close_to_reference
@@ -180,6 +180,17 @@ def test_register_caps_reach_only_compiled_launches(monkeypatch: pytest.MonkeyPa
     assert reg_cap(72) == {"maxnreg": 72} and reg_cap(None) == {}
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert reg_cap(72) == {}
+
+
+def test_lengths_reach_the_kernels_without_a_cast() -> None:
+    """int32 and int64 lengths on the device are the kernels' as they are (no copy: a launch of its
+    own on a GPU); other integer types become int32, None stays None."""
+    for dtype in (torch.int32, torch.int64):
+        lengths = torch.tensor([5, 3], dtype=dtype)
+        assert device_lengths(lengths, lengths.device).data_ptr() == lengths.data_ptr()
+    narrow = device_lengths(torch.tensor([5, 3], dtype=torch.int16), torch.device("cpu"))
+    assert narrow.dtype == torch.int32 and narrow.tolist() == [5, 3]
+    assert device_lengths(None, torch.device("cpu")) is None
 
 
 def test_rejects_bad_shapes() -> None:
