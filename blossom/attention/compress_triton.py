@@ -41,9 +41,11 @@ _ROWS_PER_STEP = 4
 # products per load. H100, B = 64, bf16, alone, CUDA graphs (session 23): the wide tile 37.5 against
 # 47.8 us at L = 4096, 72.7 against 94.1 at 8192, outputs identical; at L = 2048 19.4 against 23.9
 # (split in two, for 128 tiles and 132 SMs, 22.2); at L = 1024 (64 blocks, half its windows empty)
-# 19.1 against the split narrow tile's 15.3
+# 19.1 against the split narrow tile's 15.3. With few sequences its programs leave SMs idle, so it
+# also needs _WIDE_MIN_SM_SHARE x SMs tiles: at L = 2048-8192 and B = 1-64, 0.77-0.80x the narrow
+# tile's time with 128 or more tiles, 1.20-1.22x with 64, 1.85-2.63x with 2-32 (18 against 7-10 us)
 _WIDE_TILE = (128, 256, 8)
-_WIDE_FROM_BLOCKS = 128
+_WIDE_FROM_BLOCKS, _WIDE_MIN_SM_SHARE = 128, 0.75
 # The hidden units split across programs while tiles x split < _SPLIT_BELOW x SMs (at B = 64: 2 programs
 # per tile at L = 200-1024, 128 tiles; none from 2048, 256+ tiles). Alone, CUDA graphs, H100, bf16, split 2
 # against none: 0.90x / 0.93x / 0.87x at L = 200 / 512 / 1024, 1.04-1.11x at 2048-8192 (session 20)
@@ -165,7 +167,7 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     if num_blocks == 0:
         return ck
     first, second = mlp[0], mlp[2]
-    block_j, chunk, warps = _tile(num_blocks, reference.WINDOW * d)
+    block_j, chunk, warps = _tile(num_blocks, reference.WINDOW * d, b * g, ck.device)
     tiles = triton.cdiv(num_blocks, block_j) * b * g
     split = 1 if (block_j, chunk, warps) == _WIDE_TILE else _split(tiles, reference.WINDOW * d, ck.device)
     width = block_d(d)
@@ -187,10 +189,14 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     return ck
 
 
-def _tile(num_blocks: int, hidden: int) -> tuple[int, int, int]:
-    """(windows per program, hidden units per step, warps): the wide tile from _WIDE_FROM_BLOCKS blocks
-    where its step divides the hidden units, else the narrow one (fewer windows for fewer blocks)."""
-    if num_blocks >= _WIDE_FROM_BLOCKS and hidden % _WIDE_TILE[1] == 0:
+def _tile(num_blocks: int, hidden: int, sequences: int, device: torch.device) -> tuple[int, int, int]:
+    """(windows per program, hidden units per step, warps) for sequences (batch x kv heads) of
+    num_blocks blocks: the wide tile from _WIDE_FROM_BLOCKS blocks where its step divides the hidden
+    units and its tiles fill _WIDE_MIN_SM_SHARE of the SMs, else the narrow one (fewer windows for
+    fewer blocks)."""
+    wide_tiles = triton.cdiv(num_blocks, _WIDE_TILE[0]) * sequences
+    if (num_blocks >= _WIDE_FROM_BLOCKS and hidden % _WIDE_TILE[1] == 0
+            and wide_tiles >= _WIDE_MIN_SM_SHARE * sm_count(device)):
         return _WIDE_TILE
     return min(64, max(16, triton.next_power_of_2(num_blocks))), _HIDDEN_CHUNK, 4
 

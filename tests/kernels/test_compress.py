@@ -85,9 +85,21 @@ def test_compress_wide_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     partial tile, d = 16, strided k."""
     monkeypatch.setattr(compress_triton, "_WIDE_FROM_BLOCKS", 1)
     monkeypatch.setattr(compress_triton, "_INTERPRETER_SPLIT", 2)
-    assert compress_triton._tile(140, reference.WINDOW * 16) == compress_triton._WIDE_TILE
+    assert compress_triton._tile(140, reference.WINDOW * 16, 1, torch.device("cpu")) == compress_triton._WIDE_TILE
     check(1, 1, 16 * 140 + 5, 8, F32, "cpu", strided=False, seed=1)
     check(1, 2, 16 * 20, 16, F32, "cpu", strided=True, seed=2)
+
+
+def test_wide_tile_only_where_its_programs_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU of 132 SMs: L = 4096 (256 blocks) at B = 64, G = 2 gives 256 wide tiles, the wide tile;
+    at B = 1 (4 tiles) or B = 16 (64), the narrow one, whose split keeps the SMs busy; below 128
+    blocks or where 256 hidden units are not a whole number of steps, the narrow one."""
+    monkeypatch.setattr(compress_triton, "sm_count", lambda device: 132)
+    gpu, hidden = torch.device("cuda"), reference.WINDOW * 16
+    assert compress_triton._tile(256, hidden, 128, gpu) == compress_triton._WIDE_TILE
+    assert compress_triton._tile(128, hidden, 128, gpu) == compress_triton._WIDE_TILE  # 128 tiles: 0.97 of the SMs
+    for blocks, sequences, width in [(256, 2, hidden), (256, 32, hidden), (127, 1024, hidden), (256, 128, 128)]:
+        assert compress_triton._tile(blocks, width, sequences, gpu) == (64, compress_triton._HIDDEN_CHUNK, 4)
 
 
 def test_outside_the_contract_is_the_reference() -> None:
@@ -117,6 +129,17 @@ GPU_CASES = [(seed, *case) for seed, case in enumerate(
 @pytest.mark.parametrize(("seed", "b", "g", "length", "d", "dtype", "strided"), GPU_CASES)
 def test_compress_matches_reference_gpu(seed, b, g, length, d, dtype, strided) -> None:
     check(b, g, length, d, dtype, "cuda", strided, seed)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("length", "dtype", "strided"), [(4096, BF16, True), (2048 + 37, F16, False), (16 * 300, BF16, False)])
+def test_compress_wide_tile_gpu(monkeypatch: pytest.MonkeyPatch, length: int, dtype: torch.dtype, strided: bool) -> None:
+    """The wide tile compiled, which the random shapes above have too few tiles to take: B = 1, G = 2
+    with the SM-share rule set aside; L = 4096 (two whole tiles of 128 blocks), 2085 (130 blocks: a
+    partial second tile) and 4800 (300: a partial third)."""
+    monkeypatch.setattr(compress_triton, "_WIDE_MIN_SM_SHARE", 0)
+    check(1, 2, length, 16, dtype, "cuda", strided, seed=length)
 
 
 @pytest.mark.gpu
