@@ -167,9 +167,7 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     if num_blocks == 0:
         return ck
     first, second = mlp[0], mlp[2]
-    block_j, chunk, warps = _tile(num_blocks, reference.WINDOW * d, b * g, ck.device)
-    tiles = triton.cdiv(num_blocks, block_j) * b * g
-    split = 1 if (block_j, chunk, warps) == _WIDE_TILE else _split(tiles, reference.WINDOW * d, ck.device)
+    block_j, chunk, warps, split = _launch(num_blocks, reference.WINDOW * d, b * g, ck.device)
     width = block_d(d)
     part = torch.empty(split, b * g * num_blocks, width, device=k.device, dtype=torch.float32) if split > 1 else None
     _compress_fwd[(triton.cdiv(num_blocks, block_j), b * g, split)](
@@ -189,16 +187,17 @@ def compress_keys(k: Tensor, positions: Tensor, mlp: nn.Module) -> Tensor:
     return ck
 
 
-def _tile(num_blocks: int, hidden: int, sequences: int, device: torch.device) -> tuple[int, int, int]:
-    """(windows per program, hidden units per step, warps) for sequences (batch x kv heads) of
-    num_blocks blocks: the wide tile from _WIDE_FROM_BLOCKS blocks where its step divides the hidden
-    units and its tiles fill _WIDE_MIN_SM_SHARE of the SMs, else the narrow one (fewer windows for
-    fewer blocks)."""
-    wide_tiles = triton.cdiv(num_blocks, _WIDE_TILE[0]) * sequences
-    if (num_blocks >= _WIDE_FROM_BLOCKS and hidden % _WIDE_TILE[1] == 0
-            and wide_tiles >= _WIDE_MIN_SM_SHARE * sm_count(device)):
-        return _WIDE_TILE
-    return min(64, max(16, triton.next_power_of_2(num_blocks))), _HIDDEN_CHUNK, 4
+def _launch(num_blocks: int, hidden: int, sequences: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(windows per program, hidden units per step, warps, programs per tile) for sequences (batch x
+    kv heads) of num_blocks blocks: the wide tile, unsplit, from _WIDE_FROM_BLOCKS blocks where its
+    step divides the hidden units and its tiles fill _WIDE_MIN_SM_SHARE of the SMs; else the narrow
+    one (fewer windows for fewer blocks), split as _split says."""
+    block_j, chunk, warps = _WIDE_TILE
+    if (num_blocks >= _WIDE_FROM_BLOCKS and hidden % chunk == 0
+            and triton.cdiv(num_blocks, block_j) * sequences >= _WIDE_MIN_SM_SHARE * sm_count(device)):
+        return block_j, chunk, warps, 1
+    block_j = min(64, max(16, triton.next_power_of_2(num_blocks)))
+    return block_j, _HIDDEN_CHUNK, 4, _split(triton.cdiv(num_blocks, block_j) * sequences, hidden, device)
 
 
 def _split(tiles: int, hidden: int, device: torch.device) -> int:

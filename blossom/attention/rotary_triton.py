@@ -317,7 +317,7 @@ def _project(
     block_n = max(_PROJECT_COLS, d)
     n_blocks = triton.cdiv(w_qkv.shape[0], block_n)
     tiles = triton.cdiv(b * length, _PROJECT_ROWS)
-    per_block = min(tiles, max(1, sm_count(x.device) * _programs_per_sm(tiles, n_blocks, x.device) // n_blocks))
+    per_block = _programs_per_block(tiles, n_blocks, x.device)
     _project_fwd[(n_blocks * per_block,)](
         rows, w_qkv, w_gate, b_gate, cos, sin, q, k, v, logits, *rows.stride(), *w_qkv.stride(), *w_gate.stride(),
         b * length, length, hidden, n_heads * d, kv_heads * d, w_gate.shape[0],
@@ -328,10 +328,13 @@ def _project(
     return q.transpose(1, 2), k, v, logits
 
 
-def _programs_per_sm(tiles: int, n_blocks: int, device: torch.device) -> int:
-    """_PROJECT_PER_SM_LONG where each program would still walk _PROJECT_MIN_TILES tiles, else _PROJECT_PER_SM."""
-    programs = sm_count(device) * _PROJECT_PER_SM_LONG // n_blocks
-    return _PROJECT_PER_SM_LONG if tiles >= _PROJECT_MIN_TILES * programs else _PROJECT_PER_SM
+def _programs_per_block(tiles: int, n_blocks: int, device: torch.device) -> int:
+    """Programs per column block: _PROJECT_PER_SM_LONG per SM where each would still walk
+    _PROJECT_MIN_TILES tiles, else _PROJECT_PER_SM per SM, no more than the tiles (1 at least)."""
+    many = max(1, sm_count(device) * _PROJECT_PER_SM_LONG // n_blocks)
+    if tiles >= _PROJECT_MIN_TILES * many:
+        return many
+    return min(tiles, max(1, sm_count(device) * _PROJECT_PER_SM // n_blocks))
 
 
 class _SplitHeadsRope(torch.autograd.Function):

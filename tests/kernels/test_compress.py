@@ -85,7 +85,7 @@ def test_compress_wide_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     partial tile, d = 16, strided k."""
     monkeypatch.setattr(compress_triton, "_WIDE_FROM_BLOCKS", 1)
     monkeypatch.setattr(compress_triton, "_INTERPRETER_SPLIT", 2)
-    assert compress_triton._tile(140, reference.WINDOW * 16, 1, torch.device("cpu")) == compress_triton._WIDE_TILE
+    assert compress_triton._launch(140, reference.WINDOW * 16, 1, torch.device("cpu")) == (*compress_triton._WIDE_TILE, 1)
     check(1, 1, 16 * 140 + 5, 8, F32, "cpu", strided=False, seed=1)
     check(1, 2, 16 * 20, 16, F32, "cpu", strided=True, seed=2)
 
@@ -96,10 +96,10 @@ def test_wide_tile_only_where_its_programs_fill_the_sms(monkeypatch: pytest.Monk
     blocks or where 256 hidden units are not a whole number of steps, the narrow one."""
     monkeypatch.setattr(compress_triton, "sm_count", lambda device: 132)
     gpu, hidden = torch.device("cuda"), reference.WINDOW * 16
-    assert compress_triton._tile(256, hidden, 128, gpu) == compress_triton._WIDE_TILE
-    assert compress_triton._tile(128, hidden, 128, gpu) == compress_triton._WIDE_TILE  # 128 tiles: 0.97 of the SMs
+    assert compress_triton._launch(256, hidden, 128, gpu) == (*compress_triton._WIDE_TILE, 1)
+    assert compress_triton._launch(128, hidden, 128, gpu) == (*compress_triton._WIDE_TILE, 1)  # 128 tiles: 0.97 of the SMs
     for blocks, sequences, width in [(256, 2, hidden), (256, 32, hidden), (127, 1024, hidden), (256, 128, 128)]:
-        assert compress_triton._tile(blocks, width, sequences, gpu) == (64, compress_triton._HIDDEN_CHUNK, 4)
+        assert compress_triton._launch(blocks, width, sequences, gpu)[:3] == (64, compress_triton._HIDDEN_CHUNK, 4)
 
 
 def test_outside_the_contract_is_the_reference() -> None:
