@@ -60,21 +60,26 @@ def _branches_backward(
     dq is fp32 where LTIS adds it with atomics (ltis_triton.uses_atomics), else in the inputs'
     dtype: the callers cast it. LTIS's inverted index is built on the side stream, beside the STIS
     backward, which does not read it; it is allocated first, before any gradient buffer exists: its
-    buffers then never sit on top of them (the step's peak memory)."""
+    buffers then never sit on top of them (the step's peak memory). Under the gate, on the atomics
+    path, STIS's window and distance 16 go to the LTIS dk/dv kernel (ltis_triton's stis_window),
+    with the STIS rows (delta, gates) the STIS dq kernel writes."""
     q, k, v, block_idx, seq_len, ltis, ltis_lse, stis, stis_lse = saved
     side = SideStream(q.device)
     with side:
         index = inverted_index(block_idx, seq_len)
     atomics = ltis_triton.uses_atomics()
-    prepared = None
-    if gate is not None and atomics:  # LTIS's delta and gates, written by the STIS dq kernel
+    prepared = stis_rows = None
+    if gate is not None and atomics:  # both branches' delta and gates, written by the STIS dq kernel
         prepared = torch.empty_like(ltis_lse), torch.empty_like(ltis_lse)
+        stis_rows = torch.empty_like(stis_lse), torch.empty_like(stis_lse)
     grads = stis_triton.launch_backward(q, k, v, seq_len, stis, stis_lse, dstis, scale, gate=gate,
                                         dq_dtype=torch.float32 if atomics else None,
-                                        ltis=(ltis, *prepared) if prepared else None)  # fmt: skip
+                                        ltis=(ltis, *prepared) if prepared else None,
+                                        window_to_ltis=stis_rows)  # fmt: skip
     side.join(*index)
     return ltis_triton.launch_backward(q, k, v, block_idx, seq_len, ltis, ltis_lse, dltis, scale, gate=gate,
-                                       add_to=grads, prepared=prepared, index=index)  # fmt: skip
+                                       add_to=grads, prepared=prepared, index=index,
+                                       stis_window=(stis_lse, *stis_rows) if stis_rows else None)  # fmt: skip
 
 
 class _Attend(torch.autograd.Function):

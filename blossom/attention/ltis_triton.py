@@ -44,7 +44,12 @@ fp32 dq the STIS backward has written (both branches run first STIS, then LTIS, 
 dk and dv in place), after delta and the gates have been written: under the gate by the STIS
 branch's dq kernel, which holds the same dO rows, else by a small prep kernel. That replaced a dq
 kernel that walked every query's slots again, gathering K and V a second time (H100, L = 4096: 0.89
-ms for dq + dk/dv, 0.59 for prep + dk/dv). Atomics make dq's last bits depend on the order the adds
+ms for dq + dk/dv, 0.59 for prep + dk/dv). There, under the gate (both branches' dO are the gates
+times one mix gradient), the dk/dv kernel also takes STIS's window and its distance 16 (stis_window):
+its own block's step scores the block's 16 queries once for both branches (LTIS causal, STIS at
+distances 0..8), and one step more the next 16 queries (STIS at 1..8 and 16); STIS's own dk/dv and dq
+kernels then start at distance 32 (10 of 17 offsets fewer at L = 4096). H100, B = 64, bf16, the
+training step 0.966x / 0.973x / 0.975x at L = 512 / 1024 / 4096 (session 24). Atomics make dq's last bits depend on the order the adds
 land in; under torch.use_deterministic_algorithms that dq kernel runs instead (`_bwd_dq`,
 1.16-1.22x the training step's time on an H100).
 
@@ -107,6 +112,11 @@ _PACKED_MIN_BLOCKS, _SELECT_MAXNREG = 128, 72
 # 0.990x / 0.997x); dq at 64 training 0.993-0.995x, dk/dv at 128 0.992-1.000x (at 96 1.05-1.10x).
 # The three together: inference 0.973x, training 0.985x at 4096 (results/bench/README.md, session 22)
 _FWD_MAXNREG, _DQ_MAXNREG, _DKDV_MAXNREG = 72, 64, 128
+# The dk/dv kernel with STIS's window (stis_window): at 128 registers its own-block step spills
+# (38 local loads and stores, offline sm_90), at 160 none; the training step 0.966x / 0.973x / 0.975x
+# the code before the window moved at L = 512 / 1024 / 4096, against 0.975x / 0.982x / 0.980x capped
+# at 128 (H100, B = 64, bf16, CUDA graphs; results/bench/README.md, session 24)
+_DKDV_WINDOW_MAXNREG = 160
 _PREP_ROWS = 256  # (query, head) rows per program of the backward's prep kernel
 
 
@@ -578,12 +588,13 @@ def _stis_near_keys(t0, n_valid, BLOCK_Q: tl.constexpr, NEAR_P: tl.constexpr):
 
 
 @triton.jit
-def _stis_far_keys(tile, step, n_far, BLOCK_Q: tl.constexpr, W: tl.constexpr):
+def _stis_far_keys(tile, step, first, n_far, BLOCK_Q: tl.constexpr, W: tl.constexpr):
     """STIS's keys at distances 16, 32, ... as a slot tile [BLOCK_Q * W] (query a owning columns
-    W a .. W a + W - 1): the distances 16 << j, j = W step .. W step + W - 1, of the n_far below L,
-    and where they exist (keys < 0 do not; every key is below t0 <= seq_len, since BLOCK_Q <= 16)."""
+    W a .. W a + W - 1): the distances 16 << j, j = first + W step .. first + W step + W - 1, of the
+    n_far below L, and where they exist (keys < 0 do not; every key is below t0 <= seq_len, since
+    BLOCK_Q <= 16)."""
     c = tl.arange(0, BLOCK_Q * W)
-    j = step * W + c % W
+    j = first + step * W + c % W
     keys = tile * BLOCK_Q + c // W - ((2 * _LOCAL) << tl.minimum(j, 26))
     return keys, (j < n_far) & (keys >= 0)
 
@@ -601,11 +612,11 @@ def _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok
 
 
 @triton.jit
-def _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
+def _stis_far_tile(k_base, v_base, tile, step, first, n_far, row_ok, cols, col_ok, sk_l, sk_d, sv_l, sv_d,
                    BLOCK_Q: tl.constexpr, GROUP_P: tl.constexpr, W: tl.constexpr):  # fmt: skip
     """K, V [BLOCK_Q * W, BLOCK_D] of slot tile `step` of STIS's powers of two (_stis_far_keys)
     and each row's [rows, W] mask over its own columns, for rows < seq_len."""
-    keys, ok = _stis_far_keys(tile, step, n_far, BLOCK_Q, W)
+    keys, ok = _stis_far_keys(tile, step, first, n_far, BLOCK_Q, W)
     k, v = _kv_rows(k_base, v_base, keys[:, None], ok[:, None], cols, col_ok, sk_l, sk_d, sv_l, sv_d)
     return k, v, _row_mask(ok, BLOCK_Q, GROUP_P, W) & row_ok[:, None]
 
@@ -695,8 +706,8 @@ def _ltis_fwd(
                                          sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
             m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k, v, mask, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
             for step in range(0, tl.cdiv(n_far, FAR_W)):  # new names below: loop-carried types
-                k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, n_far, row_ok, cols, col_ok, sk_l, sk_d,
-                                                  sv_l, sv_d, BLOCK_Q, GROUP_P, FAR_W)  # fmt: skip
+                k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, 0, n_far, row_ok, cols, col_ok, sk_l,
+                                                  sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P, FAR_W)  # fmt: skip
                 m_s, denom_s, acc_s = _fwd_step(m_s, denom_s, acc_s, q, k_f, v_f, mask_f, qk_scale, DOT, FAR_W,
                                                 BLOCK_Q, GROUP_P)  # fmt: skip
 
@@ -770,7 +781,7 @@ def _bwd_dq(
     s_gt, s_gc, length, n_slots, kv_heads, qk_scale, scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr, ACCUMULATE: tl.constexpr,
-    STIS: tl.constexpr, NEAR_P: tl.constexpr, FAR_W: tl.constexpr,
+    STIS: tl.constexpr, NEAR_P: tl.constexpr, FAR_W: tl.constexpr, FAR_FIRST: tl.constexpr,
 ):  # fmt: skip
     """dq of one branch for BLOCK_Q queries x (batch, kv head), walking its keys like the
     forward: LTIS's selected slots and own block, or (STIS) the window's tile and the powers of
@@ -787,7 +798,8 @@ def _bwd_dq(
     there cost ~0.1 ms at L = 4096). LT (if not None, STIS with GL): the LTIS output, O's strides,
     for which this kernel also writes what _ltis_bwd_prep would, the LTIS gates to GATE_L, g *
     delta to DELTA_L and channel 2h of DGL, from the dO rows it holds (one launch and one pass over
-    the mix's gradient less)."""
+    the mix's gradient less). FAR_FIRST (STIS): 0 walks the window and every power of two; 1 leaves
+    the window and the distance 16 to the LTIS dk/dv kernel (its SLSE rows) and starts at 32."""
     tile, b, g, n_valid, queries, heads, head_ok, row_ok, cols, col_ok = _query_program(
         SEQ_LEN, length, kv_heads, GROUP, GROUP_P, BLOCK_Q, HEAD_DIM, BLOCK_D)
     row_mask = row_ok[:, None] & col_ok
@@ -817,12 +829,13 @@ def _bwd_dq(
     dq = tl.zeros([BLOCK_Q * GROUP_P, BLOCK_D], tl.float32)
     if tile * BLOCK_Q < n_valid:
         if STIS:
-            k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d, sv_l,
-                                         sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
-            dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
-            for step in range(0, tl.cdiv(n_slots, FAR_W)):  # new names below: loop-carried types
-                k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, n_slots, row_ok, cols, col_ok, sk_l, sk_d,
-                                                  sv_l, sv_d, BLOCK_Q, GROUP_P, FAR_W)  # fmt: skip
+            if FAR_FIRST == 0:
+                k, v, mask = _stis_near_tile(k_base, v_base, tile, n_valid, queries, row_ok, cols, col_ok, sk_l, sk_d,
+                                             sv_l, sv_d, BLOCK_Q, NEAR_P)  # fmt: skip
+                dq = _dq_step(dq, q, do, k, v, mask, lse, delta, qk_scale, DOT, 0, BLOCK_Q, GROUP_P)
+            for step in range(0, tl.cdiv(n_slots - FAR_FIRST, FAR_W)):  # new names below: loop-carried types
+                k_f, v_f, mask_f = _stis_far_tile(k_base, v_base, tile, step, FAR_FIRST, n_slots, row_ok, cols, col_ok,
+                                                  sk_l, sk_d, sv_l, sv_d, BLOCK_Q, GROUP_P, FAR_W)  # fmt: skip
                 dq = _dq_step(dq, q, do, k_f, v_f, mask_f, lse, delta, qk_scale, DOT, FAR_W, BLOCK_Q, GROUP_P)
         else:
             idx_base = IDX + b64 * si_b + g * si_g
@@ -848,33 +861,60 @@ def _store_grad(ptrs, grad, mask, ACCUMULATE: tl.constexpr):
 
 
 @triton.jit
+def _branch_rows(s, dp, ok, LSE, DELTA, GATE, lse_offs, row_ok, LOG_E: tl.constexpr):
+    """One branch's (probabilities for dv, ds) [rows, keys] of a chunk from its scores s (log2
+    units) and dp = dO V^T: ok masks the pairs it has, GATE (if not None) scales the probabilities
+    for dv and dp (DO is then the mix's gradient). LOG_E: its logsumexp is in natural log (STIS's)."""
+    lse = tl.load(LSE + lse_offs, mask=row_ok, other=0.0)
+    if LOG_E:
+        lse = lse * LOG2E
+    delta = tl.load(DELTA + lse_offs, mask=row_ok, other=0.0)
+    p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+    p_v = p
+    if GATE is not None:
+        gate = tl.load(GATE + lse_offs, mask=row_ok, other=0.0)[:, None]
+        p_v = p * gate
+        dp = dp * gate
+    return p_v, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _dkdv_rows(
     dk, dv, k, v, keys, queries, heads, row_ok,
-    q_base, do_base, DQ, dq_off, LSE, DELTA, GATE, lse_base,
+    q_base, do_base, DQ, dq_off, LSE, DELTA, GATE, SLSE, SDELTA, SGATE, lse_base,
     sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
-    CAUSAL: tl.constexpr, DOT: tl.constexpr,
+    LTIS: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     """Add one chunk of query rows' contribution to dk (unscaled) and dv of one key block (GATE:
     the rows' gates, if DO is the mix's gradient; they scale the probabilities for dv and dp).
-    DQ (if not None): also add the chunk's dq (scaled) to its fp32 rows in DQ + dq_off, atomically."""
+    LTIS: 1 the rows are the block's own queries (causal), 2 queries that selected it, 0 none of
+    LTIS's. SLSE (if not None, with SDELTA and SGATE, laid out like LSE): STIS's rows as well, at
+    distances 0..8 and 16 (its window and first power of two), from the same scores and dp: one
+    set of dots for both branches (the window of the block's own and next queries, which
+    stis_triton's dk/dv kernel and the STIS dq kernel then skip). DQ (if not None): also add the
+    chunk's dq (scaled) to its fp32 rows in DQ + dq_off, atomically."""
     mask = row_ok[:, None] & col_ok
     q = tl.load(_row_ptrs(q_base, heads, queries, cols, sq_h, sq_l, sq_d), mask=mask, other=0.0)
     do = tl.load(_row_ptrs(do_base, heads, queries, cols, sdo_h, sdo_l, sdo_d), mask=mask, other=0.0)
     lse_offs = lse_base + heads * length + queries
-    lse = tl.load(LSE + lse_offs, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + lse_offs, mask=row_ok, other=0.0)
-    ok = row_ok[:, None]
-    if CAUSAL:
-        ok = ok & (keys[None, :] <= queries[:, None])
-    p = tl.where(ok, tl.exp2(dot(q, tl.trans(k), DOT) * qk_scale - lse[:, None]), 0.0)
+    s = dot(q, tl.trans(k), DOT) * qk_scale
     dp = dot(do, tl.trans(v), DOT)
-    if GATE is not None:
-        gate = tl.load(GATE + lse_offs, mask=row_ok, other=0.0)[:, None]
-        dv += dot(tl.trans((p * gate).to(do.dtype)), do, DOT)
-        dp = dp * gate
-    else:
-        dv += dot(tl.trans(p.to(do.dtype)), do, DOT)
-    ds = (p * (dp - delta[:, None])).to(q.dtype)
+    ok = row_ok[:, None]
+    if LTIS:
+        ok_l = ok
+        if LTIS == 1:
+            ok_l = ok & (keys[None, :] <= queries[:, None])
+        p, ds = _branch_rows(s, dp, ok_l, LSE, DELTA, GATE, lse_offs, row_ok, False)
+    if SLSE is not None:
+        gap = queries[:, None] - keys[None, :]
+        ok_s = ok & (gap >= 0) & ((gap <= _LOCAL) | (gap == 2 * _LOCAL))
+        p_s, ds_s = _branch_rows(s, dp, ok_s, SLSE, SDELTA, SGATE, lse_offs, row_ok, True)
+        if LTIS:
+            p, ds = p + p_s, ds + ds_s
+        else:
+            p, ds = p_s, ds_s
+    dv += dot(tl.trans(p.to(do.dtype)), do, DOT)
+    ds = ds.to(q.dtype)
     dk += dot(tl.trans(ds), q, DOT)
     if DQ is not None:  # relaxed: only the sum matters, no ordering against other memory
         dq_ptrs = _row_ptrs(DQ + dq_off, heads, queries, cols, sdq_h, sdq_l, sdq_d)
@@ -884,7 +924,7 @@ def _dkdv_rows(
 
 @triton.jit
 def _ltis_bwd_dkdv(
-    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, GATE, SEQ_LEN, OFFSETS, ORDER,
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, GATE, SLSE, SDELTA, SGATE, SEQ_LEN, OFFSETS, ORDER,
     sq_b, sq_h, sq_l, sq_d,
     sk_b, sk_g, sk_l, sk_d,
     sv_b, sv_g, sv_l, sv_d,
@@ -905,7 +945,10 @@ def _ltis_bwd_dkdv(
     GATE (if not None): DO is the mix's gradient, and GATE the rows' gates _bwd_dq (this branch's
     or STIS's) or _ltis_bwd_prep wrote. DQ (if not None): fp32 [B, H, L, d] that every step
     adds its rows' dq to, atomically (the atomics path: no dq kernel, which gathered K and V
-    again). ACCUMULATE: add dk and dv to what DK and DV hold (the STIS branch's)."""
+    again). ACCUMULATE: add dk and dv to what DK and DV hold (the STIS branch's).
+    SLSE, SDELTA, SGATE (if not None, under the gate): the STIS branch's logsumexp, delta and gates;
+    the block's own queries then add STIS's window too, and its next 16 queries STIS's window and
+    distance 16 (_dkdv_rows), one step more."""
     j = tl.program_id(0)
     bg = tl.program_id(1)
     b = bg // kv_heads
@@ -925,12 +968,14 @@ def _ltis_bwd_dkdv(
     queries, heads, head_ok = _query_rows(j, g, _BLOCK, GROUP, GROUP_P)
     dk = tl.zeros([_BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([_BLOCK, BLOCK_D], tl.float32)
-    dk, dv = _dkdv_rows(
-        dk, dv, k, v, keys, queries, heads, head_ok & (queries < n_valid),
-        q_base, do_base, DQ, b64 * sdq_b, LSE, DELTA, GATE, lse_base,
-        sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
-        CAUSAL=True, DOT=DOT,
-    )  # fmt: skip
+    for after in tl.static_range(2 if SLSE is not None else 1):  # the own block's queries, STIS's next 16
+        rows = queries + after * _BLOCK
+        dk, dv = _dkdv_rows(
+            dk, dv, k, v, keys, rows, heads, head_ok & (rows < n_valid),
+            q_base, do_base, DQ, b64 * sdq_b, LSE, DELTA, GATE, SLSE, SDELTA, SGATE, lse_base,
+            sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
+            LTIS=1 - after, DOT=DOT,
+        )  # fmt: skip
 
     listed = j < num_blocks  # the last, partial block is never selectable
     start = tl.load(OFFSETS + bg * (num_blocks + 1) + j, mask=listed, other=0)  # ltis_index_triton's rows
@@ -945,9 +990,9 @@ def _ltis_bwd_dkdv(
         sel = tl.where(sel_ok, pair // N_SLOTS - bg * length, 0)
         dk, dv = _dkdv_rows(
             dk, dv, k, v, keys, sel, heads, head_ok & sel_ok,
-            q_base, do_base, DQ, b64 * sdq_b, LSE, DELTA, GATE, lse_base,
+            q_base, do_base, DQ, b64 * sdq_b, LSE, DELTA, GATE, None, None, None, lse_base,
             sq_h, sq_l, sq_d, sdo_h, sdo_l, sdo_d, sdq_h, sdq_l, sdq_d, length, qk_scale, scale, cols, col_ok,
-            CAUSAL=False, DOT=DOT,
+            LTIS=2, DOT=DOT,
         )  # fmt: skip
 
     out_ptrs = _row_ptrs(b64 * sdk_b, g, keys, cols, sdk_g, sdk_l, sdk_d)
@@ -1071,7 +1116,7 @@ def launch_backward(
     q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor,
     dout: Tensor, scale: float, gate: tuple[Tensor, Tensor] | None = None,
     add_to: tuple[Tensor, Tensor, Tensor] | None = None, prepared: tuple[Tensor, Tensor] | None = None,
-    index: tuple[Tensor, Tensor] | None = None,
+    index: tuple[Tensor, Tensor] | None = None, stis_window: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv (laid out like the forward's output and [B, L, G, d]) from the forward's
     output and logsumexp. gate = (logits, their gradient), both [B * L, 2H] with one layout: dout
@@ -1080,7 +1125,10 @@ def launch_backward(
     add_to: the STIS branch's (dq, dk, dv), laid out like these, which the kernels add to in place
     and return. prepared (with gate, where uses_atomics()): the (delta, gates) buffers the STIS dq
     kernel has written for this branch, with the logits' gradient; the prep kernel is then skipped.
-    index: inverted_index(block_idx, seq_len), if the caller built it already.
+    index: inverted_index(block_idx, seq_len), if the caller built it already. stis_window (with
+    gate, add_to and prepared): the STIS branch's (logsumexp, delta, gates) from a backward that left
+    its window to this one (stis_triton.launch_backward's window_to_ltis): the dk/dv kernel adds that
+    window's dq, dk and dv from the same products (_dkdv_rows).
 
     Where uses_atomics(), the dk/dv kernel adds each pair's dq with fp32 atomics (the module
     docstring says why and what it saves) to add_to's dq, which must then be fp32, or to a
@@ -1094,6 +1142,8 @@ def launch_backward(
         raise ValueError("add_to must be laid out like the branch's own gradients (dq like the output, dk like dv)")
     if prepared is not None and (gate is None or not uses_atomics()):
         raise ValueError("prepared rows are the gated atomics path's (the dq kernel writes its own)")
+    if stis_window is not None and (prepared is None or add_to is None):
+        raise ValueError("STIS's window is added on the gated atomics path, to the STIS branch's gradients")
     gl, dgl, gates, gate_strides = backward_gate_args(gate, lse, allocate=prepared is None)
     delta, gates = prepared or (torch.empty_like(lse), gates)
     if not uses_atomics():
@@ -1118,12 +1168,12 @@ def launch_backward(
     meta = {name: meta[name] for name in ("GROUP", "GROUP_P", "HEAD_DIM", "BLOCK_D", "DOT")}
     step_bytes = reference.BLOCK * meta["GROUP_P"] * meta["BLOCK_D"] * q.element_size()  # q or dO rows of a step
     _ltis_bwd_dkdv[(triton.cdiv(length, reference.BLOCK), b * kv_heads)](
-        q, k, v, dout, add_dq, dk, dv, lse, delta, gates, seq_len, offsets, order,
+        q, k, v, dout, add_dq, dk, dv, lse, delta, gates, *(stis_window or (None,) * 3), seq_len, offsets, order,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *(dq.stride() if add_dq is not None else (0,) * 4),
         *dk.stride(), length, length // reference.BLOCK if n_slots else 0, kv_heads, qk_scale, scale,
         **meta, N_SLOTS=max(n_slots, 1), ACCUMULATE=add_to is not None,
         num_warps=1 if step_bytes <= 4096 else 4, num_stages=_stages(2 * step_bytes),
-        **reg_cap(_measured_cap(q, meta, _DKDV_MAXNREG)),
+        **reg_cap(_measured_cap(q, meta, _DKDV_WINDOW_MAXNREG if stis_window else _DKDV_MAXNREG)),
     )  # fmt: skip
     return dq, dk, dv
 
@@ -1131,12 +1181,13 @@ def launch_backward(
 def launch_dq(
     q: Tensor, k: Tensor, v: Tensor, block_idx: Tensor | None, seq_len: Tensor | None, out: Tensor, lse: Tensor,
     dout: Tensor, dq: Tensor, delta: Tensor, gate_args: tuple, scale: float, accumulate: bool = False,
-    ltis_prep: tuple[Tensor, Tensor, Tensor] | None = None,
+    ltis_prep: tuple[Tensor, Tensor, Tensor] | None = None, window: bool = True,
 ) -> None:
     """_bwd_dq over every query tile: LTIS's dq (block_idx given) or, with block_idx None, STIS's
     (its powers of two as slot tiles). dq is laid out like out; delta like lse. gate_args:
     backward_gate_args' (logits, their gradient, gates, strides). ltis_prep (STIS under the
-    gate): (LTIS output, delta, gates), whose rows the kernel writes as _ltis_bwd_prep would."""
+    gate): (LTIS output, delta, gates), whose rows the kernel writes as _ltis_bwd_prep would.
+    window=False (STIS): its window and distance 16 are left to the LTIS dk/dv kernel (its SLSE rows)."""
     b, _, length, _ = q.shape
     kv_heads = k.shape[1]
     gl, dgl, gates, gate_strides = gate_args
@@ -1147,7 +1198,7 @@ def launch_dq(
         q, k, v, block_idx, seq_len, out, dout, dq, lse, delta, gl, dgl, gates, lt, delta_l, gates_l,
         *q.stride(), *k.stride(), *v.stride(), *(block_idx.stride() if not stis else (0,) * 4), *out.stride(),
         *dout.stride(), *gate_strides, length, _stis_powers(length) if stis else block_idx.shape[3], kv_heads,
-        scale * LOG2E.value, scale, **meta, ACCUMULATE=accumulate, STIS=stis,
+        scale * LOG2E.value, scale, **meta, ACCUMULATE=accumulate, STIS=stis, FAR_FIRST=int(not window),
         **reg_cap(_measured_cap(q, meta, _DQ_MAXNREG)),
     )  # fmt: skip
 

@@ -12,7 +12,9 @@ the stored logsumexp. dq is LTIS's dq kernel (ltis_triton.launch_dq) walking thi
 on tensor cores as the fused forward does (the window as one tile, the powers of two as slot
 tiles): 0.27 ms at L = 4096 where a kernel that walked the offsets on CUDA cores took 0.30 (H100,
 B = 64, bf16, results/bench/README.md, session 14). dk/dv walk the offsets from the key side (key
-s receives from queries s + o), so no atomics are needed.
+s receives from queries s + o), so no atomics are needed. Under the gate, beside LTIS's atomics
+path, the window and the distance 16 are LTIS's dk/dv kernel's (launch_backward's window_to_ltis):
+it scores those queries against each key block anyway.
 
 In the model (branches_triton) this forward kernel does not run: the LTIS forward kernel scores
 the same rows on tensor cores beside its own (ltis_triton.launch_both_forward), which took
@@ -127,14 +129,14 @@ def _stis_bwd_dkdv(
     sv_b, sv_h, sv_l, sv_d,
     sdo_b, sdo_h, sdo_l, sdo_d,
     sdk_b, sdk_h, sdk_l, sdk_d,
-    length, num_offsets, kv_heads, scale, qk_scale,
+    length, first_offset, num_offsets, kv_heads, scale, qk_scale,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dk, dv for one key tile x (batch, kv head): key s gathers from queries s + o of all the
-    group's heads, so each program owns its output rows (DK and DV share strides). GATE (if not
-    None): DO is the mix's gradient, and GATE the rows' gates the dq kernel wrote, which scale the
-    probabilities and dp."""
+    group's heads, for the offsets o numbered first_offset .. num_offsets - 1 (_offset), so each
+    program owns its output rows (DK and DV share strides). GATE (if not None): DO is the mix's
+    gradient, and GATE the rows' gates the dq kernel wrote, which scale the probabilities and dp."""
     s0, b, g, n_valid = _program(SEQ_LEN, length, kv_heads, BLOCK)
     heads = tl.arange(0, GROUP_P)
     keys = s0 + tl.arange(0, BLOCK)
@@ -154,7 +156,7 @@ def _stis_bwd_dkdv(
     dk = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([GROUP_P, BLOCK, BLOCK_D], tl.float32)
     if s0 < n_valid:
-        for j in range(num_offsets):
+        for j in range(first_offset, num_offsets):
             o = _offset(j)
             row_mask = (heads < GROUP)[:, None] & (keys + o < n_valid)[None, :]
             qmask = row_mask[:, :, None] & col_ok[None, None, :]
@@ -214,26 +216,34 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, seq_len: Tenso
 def launch_backward(
     q: Tensor, k: Tensor, v: Tensor, seq_len: Tensor | None, out: Tensor, lse: Tensor, dout: Tensor, scale: float,
     gate: tuple[Tensor, Tensor] | None = None, dq_dtype: torch.dtype | None = None,
-    ltis: tuple[Tensor, Tensor, Tensor] | None = None,
+    ltis: tuple[Tensor, Tensor, Tensor] | None = None, window_to_ltis: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dq (in dq_dtype, else the inputs'), dk, dv from the forward's output and logsumexp, laid
     out like the output and [B, L, G, d]: the LTIS backward adds its gradients to them in place
     (no separate sum of the branches' gradients). gate: as ltis_triton.launch_backward's, for
     this branch's channels 2h + 1. ltis (with gate): (LTIS output, delta and gate buffers shaped
-    like lse), for which the dq kernel writes what LTIS's prep kernel would (ltis_triton.launch_dq)."""
+    like lse), for which the dq kernel writes what LTIS's prep kernel would (ltis_triton.launch_dq).
+    window_to_ltis (with ltis): (delta, gates) buffers shaped like lse that the dq kernel writes this
+    branch's rows to; the window and the distance 16 (10 of the 17 offsets at L = 4096) are then left
+    out here, and the LTIS dk/dv kernel adds their dq, dk and dv from the products it forms for its own
+    block anyway (ltis_triton.launch_backward's stis_window)."""
     b, kv_heads, length, _ = k.shape
     if ltis is not None and (gate is None or ltis[0].stride() != out.stride()):
         raise ValueError("the LTIS output is prepared only under the gate, laid out like this branch's output")
+    if window_to_ltis is not None and ltis is None:
+        raise ValueError("the window is left to LTIS only where this backward prepares LTIS's rows")
     dq, dk, dv = grads = empty_blhd(q, q.shape[1], dq_dtype), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
-    delta = torch.empty_like(lse)
-    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse)
+    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse, allocate=window_to_ltis is None)
+    delta, gates = window_to_ltis or (torch.empty_like(lse), gates)
+    window = window_to_ltis is None
     ltis_triton.launch_dq(q, k, v, None, seq_len, out, lse, dout, dq, delta, (gl, dgl, gates, gate_strides), scale,
-                          ltis_prep=ltis)  # fmt: skip
+                          ltis_prep=ltis, window=window)  # fmt: skip
     _, block_bwd, meta = _meta(q, kv_heads)
     _stis_bwd_dkdv[(triton.cdiv(length, block_bwd), b * kv_heads)](
         q, k, v, dout, dk, dv, lse, delta, gates, seq_len,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(),
-        length, len(reference.stis_offsets(length)), kv_heads, scale, scale * LOG2E.value, BLOCK=block_bwd, **meta,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), length,
+        0 if window else reference.LOCAL_WINDOW + 2, len(reference.stis_offsets(length)), kv_heads, scale,
+        scale * LOG2E.value, BLOCK=block_bwd, **meta,
     )  # fmt: skip
     return grads
 

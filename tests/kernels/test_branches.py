@@ -103,6 +103,18 @@ def test_ltis_rows_are_prepared_only_under_the_gate() -> None:
         ltis_triton.launch_backward(q, k, k, block_idx, None, out, lse, out, SCALE, prepared=rows)
 
 
+def test_stis_window_moves_only_on_the_gated_atomics_path() -> None:
+    """STIS's window moves to the LTIS dk/dv kernel only where that kernel reads one dO for both
+    branches and adds to STIS's gradients (the gate, the atomics, the rows the STIS dq kernel
+    prepared); elsewhere the offer is refused before any launch, on either side."""
+    q, k, out, lse, block_idx = _backward_inputs()
+    rows = (torch.empty_like(lse), torch.empty_like(lse))
+    with pytest.raises(ValueError, match="prepares LTIS's rows"):
+        stis_triton.launch_backward(q, k, k, None, out, lse, out, SCALE, window_to_ltis=rows)
+    with pytest.raises(ValueError, match="STIS's window"):
+        ltis_triton.launch_backward(q, k, k, block_idx, None, out, lse, out, SCALE, stis_window=(lse, *rows))
+
+
 def test_logits_gradient_must_share_the_logits_layout() -> None:
     """The kernels index the logits' gradient with the logits' strides: another layout is refused
     before any launch."""
