@@ -49,7 +49,8 @@ times one mix gradient), the dk/dv kernel also takes STIS's window and its dista
 its own block's step scores the block's 16 queries once for both branches (LTIS causal, STIS at
 distances 0..8), and one step more the next 16 queries (STIS at 1..8 and 16); STIS's own dk/dv and dq
 kernels then start at distance 32 (10 of 17 offsets fewer at L = 4096). H100, B = 64, bf16, the
-training step 0.966x / 0.973x / 0.975x at L = 512 / 1024 / 4096 (session 24). Atomics make dq's last bits depend on the order the adds
+training step 0.966x / 0.976x / 0.978x / 0.982x at L = 512 / 1024 / 4096 / 8192 (results/bench/README.md,
+session 24). Atomics make dq's last bits depend on the order the adds
 land in; under torch.use_deterministic_algorithms that dq kernel runs instead (`_bwd_dq`,
 1.16-1.22x the training step's time on an H100).
 
