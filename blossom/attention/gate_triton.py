@@ -188,17 +188,21 @@ def logit_strides(gl: Tensor | None) -> tuple[int, int]:
 
 
 def backward_gate_args(
-    gate: tuple[Tensor, Tensor] | None, lse: Tensor, allocate: bool = True
+    gate: tuple[Tensor, Tensor] | None, lse: Tensor, rows: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor | None, ...]:
     """What a branch's backward kernels take for gate = (logits, their gradient), or None: (logits,
-    gradient, the fp32 per-row gate buffer a branch's first backward kernel writes for its dk/dv
-    kernel (lse's shape; None unless allocate), and the logits' strides, which index the gradient too)."""
+    gradient, the fp32 per-row delta and gate buffers a branch's first backward kernel writes for its
+    dk/dv kernel, and the logits' strides, which index the gradient too). The row buffers are rows
+    where the caller holds them (another branch's kernel writes them), else new, lse's shape (no
+    gate buffer without the gate)."""
     if gate is None:
-        return None, None, None, logit_strides(None)
-    gl, dgl = gate
-    if dgl.stride() != gl.stride():
-        raise ValueError(f"the logits' gradient must share their strides {gl.stride()}, got {dgl.stride()}")
-    return gl, dgl, torch.empty_like(lse) if allocate else None, logit_strides(gl)
+        gl = dgl = None
+    else:
+        gl, dgl = gate
+        if dgl.stride() != gl.stride():
+            raise ValueError(f"the logits' gradient must share their strides {gl.stride()}, got {dgl.stride()}")
+    delta, gates = rows or (torch.empty_like(lse), torch.empty_like(lse) if gate is not None else None)
+    return gl, dgl, delta, gates, logit_strides(gl)
 
 
 def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:

@@ -1145,8 +1145,7 @@ def launch_backward(
         raise ValueError("prepared rows are the gated atomics path's (the dq kernel writes its own)")
     if stis_window is not None and (prepared is None or add_to is None):
         raise ValueError("STIS's window is added on the gated atomics path, to the STIS branch's gradients")
-    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse, allocate=prepared is None)
-    delta, gates = prepared or (torch.empty_like(lse), gates)
+    gl, dgl, delta, gates, gate_strides = backward_gate_args(gate, lse, prepared)
     if not uses_atomics():
         dq = add_to[0] if add_to is not None else empty_blhd(q, h)  # laid out like out: shares its strides
         launch_dq(q, k, v, block_idx, seq_len, out, lse, dout, dq, delta, (gl, dgl, gates, gate_strides), scale,
@@ -1186,8 +1185,8 @@ def launch_dq(
 ) -> None:
     """_bwd_dq over every query tile: LTIS's dq (block_idx given) or, with block_idx None, STIS's
     (its powers of two as slot tiles). dq is laid out like out; delta like lse. gate_args:
-    backward_gate_args' (logits, their gradient, gates, strides). ltis_prep (STIS under the
-    gate): (LTIS output, delta, gates), whose rows the kernel writes as _ltis_bwd_prep would.
+    backward_gate_args' (logits, their gradient, gates, strides), its delta aside. ltis_prep (STIS
+    under the gate): (LTIS output, delta, gates), whose rows the kernel writes as _ltis_bwd_prep would.
     window=False (STIS): its window and distance 16 are left to the LTIS dk/dv kernel (its SLSE rows)."""
     b, _, length, _ = q.shape
     kv_heads = k.shape[1]

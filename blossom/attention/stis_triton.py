@@ -39,6 +39,9 @@ from blossom.attention.gate_triton import backward_gate_args
 from blossom.attention.triton_common import LOG2E, branch_buffers, check_gqa, device_lengths, empty_blhd, valid_length
 
 _LOCAL: tl.constexpr = tl.constexpr(reference.LOCAL_WINDOW)
+# Offsets numbered 0 .. this - 1 (_offset): the window and the distance 16, LTIS's dk/dv kernel's under
+# the gate (launch_backward's window_to_ltis; its _dkdv_rows masks the same distances)
+_LEFT_TO_LTIS = reference.LOCAL_WINDOW + 2
 
 
 @triton.jit
@@ -233,8 +236,7 @@ def launch_backward(
     if window_to_ltis is not None and ltis is None:
         raise ValueError("the window is left to LTIS only where this backward prepares LTIS's rows")
     dq, dk, dv = grads = empty_blhd(q, q.shape[1], dq_dtype), empty_blhd(k, kv_heads), empty_blhd(v, kv_heads)
-    gl, dgl, gates, gate_strides = backward_gate_args(gate, lse, allocate=window_to_ltis is None)
-    delta, gates = window_to_ltis or (torch.empty_like(lse), gates)
+    gl, dgl, delta, gates, gate_strides = backward_gate_args(gate, lse, window_to_ltis)
     window = window_to_ltis is None
     ltis_triton.launch_dq(q, k, v, None, seq_len, out, lse, dout, dq, delta, (gl, dgl, gates, gate_strides), scale,
                           ltis_prep=ltis, window=window)  # fmt: skip
@@ -242,7 +244,7 @@ def launch_backward(
     _stis_bwd_dkdv[(triton.cdiv(length, block_bwd), b * kv_heads)](
         q, k, v, dout, dk, dv, lse, delta, gates, seq_len,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), length,
-        0 if window else reference.LOCAL_WINDOW + 2, len(reference.stis_offsets(length)), kv_heads, scale,
+        0 if window else _LEFT_TO_LTIS, len(reference.stis_offsets(length)), kv_heads, scale,
         scale * LOG2E.value, BLOCK=block_bwd, **meta,
     )  # fmt: skip
     return grads
