@@ -59,6 +59,13 @@ _PROJECT_MAX_HIDDEN = 256
 # in the last block (session 23): 138 uncapped, 120 under the cap, whose kernel took 0.96-0.99x the
 # uncapped one's time at L = 200-8192
 _PROJECT_MAXNREG = 128
+# The projection's backward kernel (_project_bwd): tokens a tile and warps (211 registers, no spills:
+# one program an SM, which holds its fp32 sums of dy^T x), and the tiles each SM's program must walk for
+# it to run (else _merge and the GEMMs). H100, B = 64, bf16, CUDA graphs, same process, the kernel at
+# every L: the training step 0.985x / 0.976x / 0.980x at L = 2048 / 4096 / 8192, 0.998x at 1024, 1.014x
+# / 1.037x at 512 / 200 (a few tiles a program, one after another, where cuBLAS spreads the GEMM); 32
+# tokens a tile 0.990x / 0.982x / 0.983x (results/bench/README.md, session 25)
+_WGRAD_ROWS, _WGRAD_WARPS, _WGRAD_MIN_TILES = 64, 8, 12
 _TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
 
@@ -121,6 +128,17 @@ def _merge_part(G, s_b, s_h, s_l, s_d, DST, s_dst, tok, length, COS, SIN, n_toke
     """A [B, heads, L, d] gradient of any strides -> columns [0, width) of the rows at DST, rotated
     back if ROTATE. SYNC: every thread of the program has read its part of the rows before any
     writes (DST over G's rows, _merge's in_place)."""
+    x, ok = _load_back(G, s_b, s_h, s_l, s_d, tok, length, COS, SIN, n_tokens, width, HALF, W_P, ROTATE)
+    if SYNC:
+        tl.debug_barrier()
+    tl.store(DST + tok.to(tl.int64)[:, None] * s_dst + tl.arange(0, W_P)[None, :], x.to(DST.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _load_back(G, s_b, s_h, s_l, s_d, tok, length, COS, SIN, n_tokens, width,
+               HALF: tl.constexpr, W_P: tl.constexpr, ROTATE: tl.constexpr):  # fmt: skip
+    """Tokens tok's columns [0, W_P) of a [B, heads, L, d] gradient of any strides, rotated back
+    if ROTATE, zeros past width, and where they exist."""
     cols = tl.arange(0, W_P)
     ok = (tok < n_tokens)[:, None] & (cols < width)[None, :]
     pos = tok % length
@@ -128,9 +146,7 @@ def _merge_part(G, s_b, s_h, s_l, s_d, DST, s_dst, tok, length, COS, SIN, n_toke
     x = tl.load(G + row[:, None] + ((cols // (2 * HALF)) * s_h + (cols % (2 * HALF)) * s_d)[None, :], mask=ok, other=0.0)
     if ROTATE:
         x = _rotate(x, pos, COS, SIN, HALF, True)
-    if SYNC:
-        tl.debug_barrier()
-    tl.store(DST + tok.to(tl.int64)[:, None] * s_dst + cols[None, :], x.to(DST.dtype.element_ty), mask=ok)
+    return x, ok
 
 
 @triton.jit
@@ -157,6 +173,69 @@ def _rotary_bwd(
     if DGL is not None:
         _split_part(DGL, s_dgl, DQKV + q_width + 2 * kv_width, s_out, tok, tok, COS, SIN, n_tokens, gl_width, HALF,
                     GLW_P, False)  # fmt: skip
+
+
+@triton.jit
+def _project_bwd(
+    DQ, DK, DV, DGL, X, COS, SIN, DY, PART,
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    s_out, s_dgl, sx_t, n_tokens, length, hidden, q_width, kv_width, gl_width,
+    ROWS: tl.constexpr, HALF: tl.constexpr, QW_P: tl.constexpr, KVW_P: tl.constexpr, GLW_P: tl.constexpr,
+    HIDDEN_P: tl.constexpr, IN_PLACE: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """_rotary_bwd's dy rows (dq, dk rotated back, dv, the logits' gradient) for token tiles of ROWS
+    strided by the programs, and from the same rows, as rounded to DY's dtype, this program's part
+    of the weights' and the bias's gradients: PART [programs, width + 1, hidden] fp32, row c < width
+    the sum over its tokens of dy[:, c] x (dy^T x), row width the logits' gradient summed (bias
+    columns 0 .. gl_width - 1). So dy is written once and x read once, and no GEMM reads dy back
+    for the weights."""
+    width = q_width + 2 * kv_width + gl_width
+    kk = tl.arange(0, HIDDEN_P)
+    acc_q = tl.zeros([HIDDEN_P, QW_P], tl.float32)
+    acc_k = tl.zeros([HIDDEN_P, KVW_P], tl.float32)
+    acc_v = tl.zeros([HIDDEN_P, KVW_P], tl.float32)
+    acc_g = tl.zeros([HIDDEN_P, GLW_P], tl.float32)
+    bias = tl.zeros([GLW_P], tl.float32)
+    gcols = tl.arange(0, GLW_P)
+    for tile in range(tl.program_id(0), tl.cdiv(n_tokens, ROWS), tl.num_programs(0)):
+        tok = tile * ROWS + tl.arange(0, ROWS)
+        tok64 = tok.to(tl.int64)[:, None]
+        x = tl.load(X + tok64 * sx_t + kk[None, :], mask=(tok < n_tokens)[:, None] & (kk < hidden)[None, :], other=0.0)
+        dq, ok_q = _load_back(DQ, sq_b, sq_h, sq_l, sq_d, tok, length, COS, SIN, n_tokens, q_width, HALF, QW_P, True)
+        dk, ok_k = _load_back(DK, sk_b, sk_h, sk_l, sk_d, tok, length, COS, SIN, n_tokens, kv_width, HALF, KVW_P, True)
+        dv, ok_v = _load_back(DV, sv_b, sv_h, sv_l, sv_d, tok, length, COS, SIN, n_tokens, kv_width, HALF, KVW_P,
+                              False)  # fmt: skip
+        ok_g = (tok < n_tokens)[:, None] & (gcols < gl_width)[None, :]
+        dgl = tl.load(DGL + tok64 * s_dgl + gcols[None, :], mask=ok_g, other=0.0)
+        if IN_PLACE:
+            tl.debug_barrier()
+        dq = dq.to(DY.dtype.element_ty)
+        dk = dk.to(DY.dtype.element_ty)
+        dv = dv.to(DY.dtype.element_ty)
+        dgl = dgl.to(DY.dtype.element_ty)
+        rows = DY + tok64 * s_out
+        tl.store(rows + tl.arange(0, QW_P)[None, :], dq, mask=ok_q)
+        tl.store(rows + q_width + tl.arange(0, KVW_P)[None, :], dk, mask=ok_k)
+        tl.store(rows + q_width + kv_width + tl.arange(0, KVW_P)[None, :], dv, mask=ok_v)
+        tl.store(rows + q_width + 2 * kv_width + gcols[None, :], dgl, mask=ok_g)
+        xt = tl.trans(x)
+        acc_q += dot(xt, dq, DOT)
+        acc_k += dot(xt, dk, DOT)
+        acc_v += dot(xt, dv, DOT)
+        acc_g += dot(xt, dgl, DOT)
+        bias += tl.sum(dgl.to(tl.float32), axis=0)
+    part = PART + tl.program_id(0).to(tl.int64) * (width + 1) * hidden
+    k_ok = (kk < hidden)[:, None]
+    qc = tl.arange(0, QW_P)[None, :]
+    kc = tl.arange(0, KVW_P)[None, :]
+    tl.store(part + qc * hidden + kk[:, None], acc_q, mask=k_ok & (qc < q_width))
+    tl.store(part + (q_width + kc) * hidden + kk[:, None], acc_k, mask=k_ok & (kc < kv_width))
+    tl.store(part + (q_width + kv_width + kc) * hidden + kk[:, None], acc_v, mask=k_ok & (kc < kv_width))
+    tl.store(part + (q_width + 2 * kv_width + gcols[None, :]) * hidden + kk[:, None], acc_g,
+             mask=k_ok & (gcols < gl_width)[None, :])  # fmt: skip
+    tl.store(part + width * hidden + gcols, bias, mask=gcols < gl_width)
 
 
 @triton.jit
@@ -246,6 +325,25 @@ def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length:
     in dtype (else the first gradient's). A gradient autograd does not pass (None: that output was
     not used) is zeros. reuse_dq (the caller reads dq no more): the rows go over dq's buffer where
     it can hold them (_rows_over), not into a new one."""
+    grads, dgl, out, in_place = _dy_buffers(grads, dgl, b, length, (n_heads, kv_heads, d), gl_width, dtype, reuse_dq)
+    cos, sin = _tables(length, d, out.device)
+    grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
+    _rotary_bwd[grid](
+        *grads, cos, sin, out, dgl if gl_width else None, *(s for g in grads for s in g.stride()),
+        out.stride(0), dgl.stride(0) if gl_width else 0, b * length, length, n_heads * d, kv_heads * d, gl_width,
+        GLW_P=triton.next_power_of_2(max(gl_width, 1)), IN_PLACE=in_place, **meta,
+    )  # fmt: skip
+    return out
+
+
+def _dy_buffers(
+    grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length: int, heads: tuple[int, int, int],
+    gl_width: int, dtype: torch.dtype | None, reuse_dq: bool,
+) -> tuple[list[Tensor], Tensor | None, Tensor, bool]:
+    """What the backward kernels read and write: the three gradients (zeros for None), dgl as
+    [B * L, gl_width] rows of unit column stride, dy's buffer (over dq's where reuse_dq and it fits,
+    _rows_over) and whether it is dq's."""
+    n_heads, kv_heads, d = heads
     like = next(g for g in (*grads, dgl) if g is not None)
     grads = [g if g is not None else like.new_zeros(b, n, length, d)
              for g, n in zip(grads, (n_heads, kv_heads, kv_heads), strict=True)]
@@ -259,14 +357,40 @@ def _merge(grads: tuple[Tensor | None, ...], dgl: Tensor | None, b: int, length:
     in_place = out is not None
     if not in_place:
         out = like.new_empty(b * length, width, dtype=dtype)
-    cos, sin = _tables(length, d, like.device)
-    grid, meta = _launch_meta(b * length, n_heads, kv_heads, d)
-    _rotary_bwd[grid](
-        *grads, cos, sin, out, dgl if gl_width else None, *(s for g in grads for s in g.stride()),
-        out.stride(0), dgl.stride(0) if gl_width else 0, b * length, length, n_heads * d, kv_heads * d, gl_width,
-        GLW_P=triton.next_power_of_2(max(gl_width, 1)), IN_PLACE=in_place, **meta,
+    return grads, dgl, out, in_place
+
+
+def _merge_with_weight_grads(
+    grads: tuple[Tensor | None, ...], dgl: Tensor | None, x: Tensor, heads: tuple[int, int, int], gl_width: int,
+    dtype: torch.dtype | None, reuse_dq: bool,
+) -> tuple[Tensor, Tensor]:
+    """_merge's dy and, from the same kernel (_project_bwd), each program's fp32 part [programs,
+    width + 1, hidden] of dy^T x and of the logits' gradient summed over tokens (_summed_parts)."""
+    b, length, hidden = x.shape
+    n_heads, kv_heads, d = heads
+    grads, dgl, out, in_place = _dy_buffers(grads, dgl, b, length, heads, gl_width, dtype, reuse_dq)
+    rows = x.reshape(b * length, hidden)
+    width = out.shape[1]
+    programs = sm_count(x.device)
+    part = torch.empty(programs, width + 1, hidden, device=x.device, dtype=torch.float32)
+    cos, sin = _tables(length, d, x.device)
+    _project_bwd[(programs,)](
+        *grads, dgl, rows, cos, sin, out, part, *(s for g in grads for s in g.stride()), out.stride(0),
+        dgl.stride(0), rows.stride(0), b * length, length, hidden, n_heads * d, kv_heads * d, gl_width,
+        ROWS=_WGRAD_ROWS, HALF=d // 2, QW_P=triton.next_power_of_2(n_heads * d),
+        KVW_P=triton.next_power_of_2(kv_heads * d), GLW_P=max(16, triton.next_power_of_2(gl_width)),
+        HIDDEN_P=max(16, triton.next_power_of_2(hidden)), IN_PLACE=in_place, DOT=dot_mode(out.dtype),
+        num_warps=_WGRAD_WARPS, num_stages=1,
     )  # fmt: skip
-    return out
+    return out, part
+
+
+def _summed_parts(part: Tensor, qkv_width: int, gl_width: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """W_qkv's, W_gate's and b_gate's gradients in dtype from _project_bwd's parts: their fp32 sum,
+    rounded once."""
+    sums = part.sum(0)
+    dw_qkv, dw_gl = sums[:-1].to(dtype).split([qkv_width, gl_width])
+    return dw_qkv, dw_gl, sums[-1, :gl_width].to(dtype)
 
 
 def _rows_over(dq: Tensor, dtype: torch.dtype, width: int) -> Tensor | None:
@@ -408,13 +532,33 @@ def project_backward(
     n_heads, kv_heads = heads
     qkv_width, gl_width = w_qkv.shape[0], w_gate.shape[0]
     d = reference.head_dim(qkv_width, n_heads, kv_heads)
-    dy = _merge(grads, dgl, b, length, n_heads, kv_heads, d, gl_width, dtype, reuse_dq)
+    part = None  # the weights' gradient in parts, where the backward kernel sums them (_project_bwd)
+    if _weight_grads_fuse(x, w_qkv, w_gate, dtype or next(g for g in (*grads, dgl) if g is not None).dtype):
+        dy, part = _merge_with_weight_grads(grads, dgl, x, (n_heads, kv_heads, d), gl_width, dtype, reuse_dq)
+    else:
+        dy = _merge(grads, dgl, b, length, n_heads, kv_heads, d, gl_width, dtype, reuse_dq)
     side = SideStream(x.device)
-    with side:
-        dw_qkv, dw_gl, db_gate = _parameter_grads(dy, x.reshape(b * length, -1), qkv_width)
+    with side:  # part lives on to the join: the side stream reads it
+        if part is None:
+            dw_qkv, dw_gl, db_gate = _parameter_grads(dy, x.reshape(b * length, -1), qkv_width)
+        else:
+            dw_qkv, dw_gl, db_gate = _summed_parts(part, qkv_width, gl_width, dy.dtype)
     dx = (dy @ torch.cat([w_qkv, w_gate])).view(x.shape)
     side.join(dw_qkv, dw_gl, db_gate)
     return dx, dw_qkv, dw_gl, db_gate
+
+
+def _weight_grads_fuse(x: Tensor, w_qkv: Tensor, w_gate: Tensor, dtype: torch.dtype) -> bool:
+    """_project_bwd's case: dy in fp16/bf16 on a GPU (or the interpreter), x and the weights in dy's
+    dtype, x no wider than _PROJECT_MAX_HIDDEN, the gate's rows (whose bias sums share a row of the
+    kernel's parts) no more than x's width, and _WGRAD_MIN_TILES token tiles or more per SM."""
+    if any(t.dtype != dtype for t in (x, w_qkv, w_gate)):
+        return False
+    if x.shape[-1] > _PROJECT_MAX_HIDDEN or w_gate.shape[0] > x.shape[-1] or x.stride(-1) != 1:
+        return False
+    if not (interpreted() or (x.is_cuda and dtype in (torch.float16, torch.bfloat16))):
+        return False
+    return triton.cdiv(x.numel() // x.shape[-1], _WGRAD_ROWS) >= _WGRAD_MIN_TILES * sm_count(x.device)
 
 
 def _parameter_grads(dy: Tensor, rows: Tensor, qkv_width: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -116,6 +116,43 @@ def test_projection_matches_reference(b, length, h, g, d, dtype, strided) -> Non
     check_project(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
 
 
+def _count_fused_backwards(monkeypatch: pytest.MonkeyPatch, min_tiles: int | None = None) -> list[int]:
+    """Counts the calls of the projection backward that also sums the weights' gradients
+    (_project_bwd); min_tiles: the tiles per SM it then needs (0: it always runs)."""
+    calls: list[int] = []
+    fused = rotary_triton._merge_with_weight_grads
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(rotary_triton, "_merge_with_weight_grads", counted)
+    if min_tiles is not None:
+        monkeypatch.setattr(rotary_triton, "_WGRAD_MIN_TILES", min_tiles)
+    return calls
+
+
+@pytest.mark.parametrize(("b", "length", "h", "g", "d", "dtype", "strided"), ROTARY_CPU)
+def test_projection_backward_kernel_matches_reference(b, length, h, g, d, dtype, strided, monkeypatch) -> None:
+    """The backward kernel that writes dy and sums dy^T x and the bias's gradient in parts, forced
+    at these shapes (it runs from _WGRAD_MIN_TILES token tiles per SM)."""
+    calls = _count_fused_backwards(monkeypatch, min_tiles=0)
+    check_project(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
+    assert len(calls) == 1  # the references are PyTorch's Linears and split
+
+
+def test_projection_backward_kernel_runs_from_its_tiles_per_sm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused backward runs where the SMs' programs (one under the interpreter) walk
+    _WGRAD_MIN_TILES token tiles or more each, _merge and the GEMMs below that."""
+    calls = _count_fused_backwards(monkeypatch, min_tiles=3)
+    tile = rotary_triton._WGRAD_ROWS
+    for tokens, runs in ((3 * tile, True), (2 * tile + 1, True), (2 * tile, False)):
+        x, w_qkv, w_gate, b_gate = project_args(1, tokens, 2, 1, 16, F32, "cpu", seed=tokens)
+        sum(o.float().sum() for o in project_split_rope(x, w_qkv, w_gate, b_gate, 2, 1)).backward()
+        assert len(calls) == int(runs)
+        calls.clear()
+
+
 def test_projection_under_autocast_runs_the_linears() -> None:
     """Under autocast the projection is autocast's Linears, whose outputs come in its dtype; the
     kernel (which the interpreter would run here otherwise) keeps x's dtype."""
@@ -246,6 +283,25 @@ def test_gpu_rotary_backward_writes_dy_over_fp32_dq(b: int, length: int, h: int,
     """Many programs and warps at once: a program that wrote before all of its threads had read
     their dq would show here."""
     check_rows_over_dq(b, length, h, g, d, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(12))
+def test_gpu_projection_backward_kernel(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused projection backward (fp16/bf16) forced at random shapes, and unforced at the
+    bench's B = 64, L = 2048, where it runs on its own."""
+    rng = random.Random(1000 + index)
+    if index == 0:
+        b, length, h, g, d, dtype, forced = 64, 2048, 8, 2, 16, BF16, False
+    else:
+        b, length, h, g = rng.randint(1, 4), rng.randint(1, 3000), *rng.choice([(8, 2), (4, 1), (2, 2), (6, 2)])
+        widths = [d for d in (16, 32, 64) if h * d + 8 <= rotary_triton._PROJECT_MAX_HIDDEN]  # x the kernel takes
+        d = rng.choice(widths)
+        dtype, forced = (BF16, F16)[index % 2], True
+    calls = _count_fused_backwards(monkeypatch, min_tiles=0 if forced else None)
+    check_project(b, length, h, g, d, dtype, "cuda", seed=index, strided=index % 2 == 0)
+    assert len(calls) == 1
 
 
 def _gpu_shape(index: int) -> tuple:
