@@ -11,7 +11,9 @@ needs no split/cat of its own.
 
 `project_split_rope` goes one step back, to the qkv projection and BlossomRec's gate projection,
 which both read x: the backward kernel writes the gate logits' gradient next to dqkv, so x's
-gradient is one GEMM over both projections' stacked weights, not two GEMMs and their sum. In fp16
+gradient is one GEMM over both projections' stacked weights, not two GEMMs and their sum. Where each
+SM has a dozen token tiles or more (fp16/bf16), that kernel also sums the weights' and the bias's
+gradients from the rows it writes (`_project_bwd`), and no GEMM reads them back for those. In fp16
 and bf16 its forward is one kernel too (`_project_fwd`): both products on tensor cores, q and k
 rotated in the epilogue, rounded as the Linears and this split round them, so x is read once and
 no qkv buffer is written and read back. That kernel writes k and v head-major, [B, G, L, d]
@@ -59,12 +61,13 @@ _PROJECT_MAX_HIDDEN = 256
 # in the last block (session 23): 138 uncapped, 120 under the cap, whose kernel took 0.96-0.99x the
 # uncapped one's time at L = 200-8192
 _PROJECT_MAXNREG = 128
-# The projection's backward kernel (_project_bwd): tokens a tile and warps (211 registers, no spills:
-# one program an SM, which holds its fp32 sums of dy^T x), and the tiles each SM's program must walk for
-# it to run (else _merge and the GEMMs). H100, B = 64, bf16, CUDA graphs, same process, the kernel at
-# every L: the training step 0.985x / 0.976x / 0.980x at L = 2048 / 4096 / 8192, 0.998x at 1024, 1.014x
-# / 1.037x at 512 / 200 (a few tiles a program, one after another, where cuBLAS spreads the GEMM); 32
-# tokens a tile 0.990x / 0.982x / 0.983x (results/bench/README.md, session 25)
+# The projection's backward kernel (_project_bwd): tokens a tile and warps (255 registers, 8 local
+# loads and stores offline on sm_90: one program an SM, which holds its fp32 sums of dy^T x), and the
+# tiles each SM's program must walk for it to run (else _merge and the GEMMs). H100, B = 64, bf16, CUDA
+# graphs, same process, the kernel at every L: the training step 0.985x / 0.976x / 0.980x at L = 2048 /
+# 4096 / 8192, 0.998x at 1024, 1.014x / 1.037x at 512 / 200 (a few tiles a program, one after another,
+# where cuBLAS spreads the GEMM); 32 tokens a tile (212 registers, none spilled) 0.990x / 0.982x / 0.983x
+# (results/bench/README.md, session 25)
 _WGRAD_ROWS, _WGRAD_WARPS, _WGRAD_MIN_TILES = 64, 8, 12
 _TABLES: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
