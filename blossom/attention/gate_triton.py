@@ -30,9 +30,9 @@ _ROWS = 16  # tokens per program
 
 @triton.jit
 def _tile(pid, n_tokens, length, heads, head_dim, ROWS: tl.constexpr, HEADS_P: tl.constexpr, D_P: tl.constexpr):
-    """Index vectors of one program's [ROWS, HEADS_P, D_P] tile: (token, batch, position, head,
-    column, element mask, (token, head) mask)."""
-    tok = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    """Index vectors of token tile pid's [ROWS, HEADS_P, D_P] elements: (token, batch, position,
+    head, column, element mask, (token, head) mask)."""
+    tok = pid * ROWS + tl.arange(0, ROWS)
     h = tl.arange(0, HEADS_P)
     e = tl.arange(0, D_P)
     pair_ok = (tok < n_tokens)[:, None] & (h < heads)[None, :]
