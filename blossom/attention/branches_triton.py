@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import ltis_triton, stis_triton
-from blossom.attention.gate_triton import check_gate_args, gated_mix, weight_grad
+from blossom.attention.gate_triton import check_gate_args, mixed_weight_grad
 from blossom.attention.ltis_index_triton import inverted_index
 from blossom.attention.reference import merge_heads
 from blossom.attention.rotary_triton import check_projection_args, project_backward, project_forward, project_split_rope
@@ -89,7 +89,8 @@ class _Attend(torch.autograd.Function):
     _Branches and _GatedMerge would, not the mix: a model holds every layer's saved tensors at once,
     and a mix per layer cost the ML-1M headline model 400 MiB of peak (H100, 2 layers, B = 2048,
     L = 200, fp32). The backward recomputes the mix for the projection's weight gradient (the gate's
-    forward kernel) and frees it; the branches' backward kernels then read the mix's gradient and
+    forward kernel) and frees it, or at long L forms it tile by tile inside the kernel that sums that
+    gradient (gate_triton.mixed_weight_grad); the branches' backward kernels then read the mix's gradient and
     apply the gates themselves (the kernels that score the pairs scale their probabilities and dp by
     the gate; the deterministic LTIS dq kernel and the STIS dq kernel form dO in registers) and
     write the logits' gradient: no dO buffer per branch. The mix and the weight gradient run on the
@@ -131,7 +132,7 @@ def _attend_backward(saved: tuple[Tensor, ...], scale: float, dout: Tensor) -> t
     dout = dout.to(q.dtype)
     side = SideStream(q.device)
     with side:
-        dweight = weight_grad(dout, merge_heads(gated_mix(ltis, stis, gl)), weight)  # the mix freed at once
+        dweight = mixed_weight_grad(dout, ltis, stis, gl, weight)
     b, heads, length, d = q.shape
     dmix = (dout @ weight.to(q.dtype)).view(b, length, heads, d).transpose(1, 2)
     dgl = torch.empty_like(gl)

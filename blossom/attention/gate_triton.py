@@ -23,9 +23,14 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention.reference import merge_heads
-from blossom.attention.triton_common import empty_blhd
+from blossom.attention.triton_common import dot, dot_mode, empty_blhd, interpreted, sm_count
 
 _ROWS = 16  # tokens per program
+# _mix_wgrad: tokens a tile, warps, programs per SM, the tiles each program must walk for it to run
+# (else the gate kernel writes the mix and cuBLAS reads it back), and the widest output it takes. H100,
+# B = 64, bf16, CUDA graphs, alone at L = 1024 / 2048 / 4096: 1.28x / 0.95x / 0.82x the time of those two
+# steps; 64 tokens, 8 warps, one program per SM 1.20x / 1.00x / 0.92x (results/bench/README.md, session 25)
+_WGRAD_ROWS, _WGRAD_WARPS, _WGRAD_PER_SM, _WGRAD_MIN_TILES, _MAX_OUT = 32, 4, 2, 12, 256
 
 
 @triton.jit
@@ -131,6 +136,37 @@ def _gate_bwd(
     tl.store(_ptrs(DO, sdo_b, sdo_h, sdo_l, sdo_d, b, pos, h, e), mix.to(DO.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _mix_wgrad(
+    LT, ST, GL, DOUT, PART,
+    sl_b, sl_h, sl_l, sl_d,
+    ss_b, ss_h, ss_l, ss_d,
+    s_gt, s_gc, s_dt, n_tokens, length, heads, head_dim, out_dim,
+    ROWS: tl.constexpr, HEADS_P: tl.constexpr, D_P: tl.constexpr, OUT_P: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """This program's part [out_dim, heads * head_dim] (fp32, PART's row pid) of the output
+    projection's weight gradient dout^T mix, over token tiles of ROWS strided by the programs: the
+    mix formed from the branches and gates as _gate_fwd forms it and rounded to the branches' dtype
+    as its buffer was, never stored; dout [B * L, out_dim] rows (token stride s_dt)."""
+    acc = tl.zeros([OUT_P, HEADS_P * D_P], tl.float32)
+    o = tl.arange(0, OUT_P)
+    for tile in range(tl.program_id(0), tl.cdiv(n_tokens, ROWS), tl.num_programs(0)):
+        tok, b, pos, h, e, ok, pair_ok = _tile(tile, n_tokens, length, heads, head_dim, ROWS, HEADS_P, D_P)
+        lt = tl.load(_ptrs(LT, sl_b, sl_h, sl_l, sl_d, b, pos, h, e), mask=ok, other=0.0)
+        st = tl.load(_ptrs(ST, ss_b, ss_h, ss_l, ss_d, b, pos, h, e), mask=ok, other=0.0)
+        g_l, g_s = gate_values(GL, s_gt, s_gc, tok, h, pair_ok)
+        mix = mix_tile(lt.to(tl.float32), st.to(tl.float32), g_l, g_s).to(LT.dtype.element_ty)
+        dout = tl.load(DOUT + tok.to(tl.int64)[:, None] * s_dt + o[None, :],
+                       mask=(tok < n_tokens)[:, None] & (o < out_dim)[None, :], other=0.0)  # fmt: skip
+        acc += dot(tl.trans(dout), tl.reshape(mix, [ROWS, HEADS_P * D_P]), DOT)
+    c = tl.arange(0, HEADS_P * D_P)
+    h, e = c // D_P, c % D_P
+    width = heads * head_dim
+    part = PART + tl.program_id(0).to(tl.int64) * out_dim * width
+    tl.store(part + o[:, None] * width + (h * head_dim + e)[None, :], acc,
+             mask=(o < out_dim)[:, None] & ((h < heads) & (e < head_dim))[None, :])  # fmt: skip
+
+
 def _launch(b: int, length: int, heads: int, head_dim: int) -> tuple[tuple[int], dict[str, int]]:
     meta = dict(ROWS=_ROWS, HEADS_P=triton.next_power_of_2(heads), D_P=triton.next_power_of_2(head_dim), num_warps=4)
     return (triton.cdiv(b * length, _ROWS),), meta
@@ -203,6 +239,29 @@ def backward_gate_args(
             raise ValueError(f"the logits' gradient must share their strides {gl.stride()}, got {dgl.stride()}")
     delta, gates = rows or (torch.empty_like(lse), torch.empty_like(lse) if gate is not None else None)
     return gl, dgl, delta, gates, logit_strides(gl)
+
+
+def mixed_weight_grad(dout: Tensor, ltis: Tensor, stis: Tensor, gl: Tensor, weight: Tensor) -> Tensor:
+    """weight_grad(dout, merge_heads(gated_mix(ltis, stis, gl)), weight). Where each program has
+    _WGRAD_MIN_TILES token tiles or more (fp16/bf16 on a GPU, or the interpreter), one kernel forms
+    the mix tile by tile and sums dout^T mix in fp32 parts, one per program (_mix_wgrad), then one
+    sum over the parts: the mix is never written and read back."""
+    b, heads, length, d = ltis.shape
+    rows = dout.reshape(b * length, -1)
+    out_dim = rows.shape[1]
+    programs = _WGRAD_PER_SM * sm_count(ltis.device)
+    fused = interpreted() or (ltis.is_cuda and ltis.dtype in (torch.float16, torch.bfloat16))
+    if not fused or rows.stride(1) != 1 or out_dim > _MAX_OUT or triton.cdiv(b * length, _WGRAD_ROWS) < (
+            _WGRAD_MIN_TILES * programs):  # fmt: skip
+        return weight_grad(dout, merge_heads(gated_mix(ltis, stis, gl)), weight)
+    part = torch.empty(programs, out_dim, heads * d, device=ltis.device, dtype=torch.float32)
+    _mix_wgrad[(programs,)](
+        ltis, stis, gl, rows, part, *ltis.stride(), *stis.stride(), *gl.stride(), rows.stride(0),
+        b * length, length, heads, d, out_dim, ROWS=_WGRAD_ROWS, HEADS_P=triton.next_power_of_2(heads),
+        D_P=triton.next_power_of_2(d), OUT_P=max(16, triton.next_power_of_2(out_dim)), DOT=dot_mode(ltis.dtype),
+        num_warps=_WGRAD_WARPS, num_stages=1,
+    )  # fmt: skip
+    return part.sum(0).to(weight.dtype)
 
 
 def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:

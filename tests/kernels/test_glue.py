@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from blossom.attention import reference, rotary_triton
-from blossom.attention.gate_triton import gated_merge
+from blossom.attention import gate_triton, reference, rotary_triton
+from blossom.attention.gate_triton import gated_merge, mixed_weight_grad
 from blossom.attention.rotary_triton import project_split_rope, split_heads_rope
 from blossom.attention.triton_common import device_lengths, empty_blhd, reg_cap
 
@@ -202,6 +202,58 @@ def test_gate_matches_reference(b, length, h, d, dtype) -> None:
     check_gate(b, length, h, d, dtype, "cpu", seed=length)
 
 
+def _fallbacks(monkeypatch: pytest.MonkeyPatch, min_tiles: int) -> list[int]:
+    """Counts mixed_weight_grad's fallbacks to the gate kernel and cuBLAS (gate_triton.weight_grad),
+    its kernel asked to run from min_tiles token tiles per program (0: always)."""
+    calls: list[int] = []
+    fallback = gate_triton.weight_grad
+
+    def counted(*args):
+        calls.append(1)
+        return fallback(*args)
+
+    monkeypatch.setattr(gate_triton, "weight_grad", counted)
+    monkeypatch.setattr(gate_triton, "_WGRAD_MIN_TILES", min_tiles)
+    return calls
+
+
+def check_mix_weight_grad(b, length, h, d, dtype, device, seed) -> None:
+    """mixed_weight_grad against autograd of reference.gated_merge for the weight, same dtype and fp64."""
+    ltis, stis, logits, weight = gate_args(b, length, h, d, dtype, device, seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dout = torch.randn(b, length, weight.shape[0], generator=gen, device=device).to(dtype)
+    got = mixed_weight_grad(dout, ltis.detach(), stis.detach(), logits.detach().reshape(b * length, 2 * h), weight)
+
+    def ref(*args: Tensor) -> Tensor:
+        lt, st, gl, w = (a.detach().requires_grad_() for a in args)
+        return torch.autograd.grad(reference.gated_merge(lt, st, gl, w), w, dout.to(w.dtype))[0]
+
+    same = ref(ltis, stis, logits, weight)
+    assert_close_to_reference("weight grad", got, same, ref(*(t.double() for t in (ltis, stis, logits, weight))))
+
+
+@pytest.mark.parametrize(("b", "length", "h", "d", "dtype"), [*GATE_CPU, (2, 21, 3, 12, F32)])  # d = 12: padded
+def test_mix_weight_grad_kernel_matches_reference(b, length, h, d, dtype, monkeypatch) -> None:
+    """The output projection's weight gradient with the mix formed inside the kernel that sums it
+    (gate_triton._mix_wgrad), forced at these shapes (it runs from _WGRAD_MIN_TILES token tiles per
+    program)."""
+    fallbacks = _fallbacks(monkeypatch, 0)
+    check_mix_weight_grad(b, length, h, d, dtype, "cpu", seed=length)
+    assert not fallbacks
+
+
+def test_mix_weight_grad_kernel_runs_from_its_tiles_per_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked for 3 tiles per program, the kernel runs from 3 x the programs' tiles of tokens on (the
+    last tile may be partial); one tile fewer, the gate kernel and cuBLAS run."""
+    fallbacks = _fallbacks(monkeypatch, 3)
+    need = 3 * gate_triton._WGRAD_PER_SM * gate_triton._WGRAD_ROWS  # tokens; one SM under the interpreter
+    tile = gate_triton._WGRAD_ROWS
+    for tokens, runs in ((need, True), (need - tile + 1, True), (need - tile, False)):
+        check_mix_weight_grad(1, tokens, 2, 16, F32, "cpu", seed=tokens)
+        assert len(fallbacks) == int(not runs)
+        fallbacks.clear()
+
+
 def test_rotary_gradient_of_unused_output_is_zero() -> None:
     """An output no loss reads (autograd passes None) contributes nothing to dqkv."""
     (qkv,) = rotary_args(1, 5, 2, 1, 16, F32, "cpu", seed=0)
@@ -302,6 +354,19 @@ def test_gpu_projection_backward_kernel(index: int, monkeypatch: pytest.MonkeyPa
     calls = _count_fused_backwards(monkeypatch, min_tiles=0 if forced else None)
     check_project(b, length, h, g, d, dtype, "cuda", seed=index, strided=index % 2 == 0)
     assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(12))
+def test_gpu_mix_weight_grad_kernel(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output projection's weight gradient from the branches (fp16/bf16), forced at random shapes."""
+    rng = random.Random(2000 + index)
+    fallbacks = _fallbacks(monkeypatch, 0)
+    b, length, h = rng.randint(1, 4), rng.randint(1, 3000), rng.choice([2, 4, 6, 8])
+    d = rng.choice([d for d in (16, 32, 64) if h * d + 8 <= gate_triton._MAX_OUT])  # gate_args: D = H d + 8
+    check_mix_weight_grad(b, length, h, d, (BF16, F16)[index % 2], "cuda", seed=index)
+    assert not fallbacks
 
 
 def _gpu_shape(index: int) -> tuple:
