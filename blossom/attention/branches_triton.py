@@ -90,11 +90,12 @@ class _Attend(torch.autograd.Function):
     and a mix per layer cost the ML-1M headline model 400 MiB of peak (H100, 2 layers, B = 2048,
     L = 200, fp32). The backward recomputes the mix for the projection's weight gradient (the gate's
     forward kernel) and frees it, or at long L forms it tile by tile inside the kernel that sums that
-    gradient (gate_triton.mixed_weight_grad); the branches' backward kernels then read the mix's gradient and
-    apply the gates themselves (the kernels that score the pairs scale their probabilities and dp by
-    the gate; the deterministic LTIS dq kernel and the STIS dq kernel form dO in registers) and
-    write the logits' gradient: no dO buffer per branch. The mix and the weight gradient run on the
-    side stream (side_stream.py), beside the mix gradient's GEMM and the STIS backward."""
+    gradient (gate_triton.mixed_weight_grad); the branches' backward kernels then read the mix's
+    gradient and apply the gates themselves (the kernels that score the pairs scale their
+    probabilities and dp by the gate; the deterministic LTIS dq kernel and the STIS dq kernel form dO
+    in registers) and write the logits' gradient: no dO buffer per branch. The mix and the weight
+    gradient run on the side stream (side_stream.py), beside the mix gradient's GEMM and the STIS
+    backward."""
 
     @staticmethod
     def forward(

@@ -249,10 +249,8 @@ def mixed_weight_grad(dout: Tensor, ltis: Tensor, stis: Tensor, gl: Tensor, weig
     b, heads, length, d = ltis.shape
     rows = dout.reshape(b * length, -1)
     out_dim = rows.shape[1]
-    programs = _WGRAD_PER_SM * sm_count(ltis.device)
-    fused = interpreted() or (ltis.is_cuda and ltis.dtype in (torch.float16, torch.bfloat16))
-    if not fused or rows.stride(1) != 1 or out_dim > _MAX_OUT or triton.cdiv(b * length, _WGRAD_ROWS) < (
-            _WGRAD_MIN_TILES * programs):  # fmt: skip
+    programs = _mix_wgrad_programs(ltis, rows)
+    if not programs:
         return weight_grad(dout, merge_heads(gated_mix(ltis, stis, gl)), weight)
     part = torch.empty(programs, out_dim, heads * d, device=ltis.device, dtype=torch.float32)
     _mix_wgrad[(programs,)](
@@ -262,6 +260,18 @@ def mixed_weight_grad(dout: Tensor, ltis: Tensor, stis: Tensor, gl: Tensor, weig
         num_warps=_WGRAD_WARPS, num_stages=1,
     )  # fmt: skip
     return part.sum(0).to(weight.dtype)
+
+
+def _mix_wgrad_programs(ltis: Tensor, rows: Tensor) -> int:
+    """_mix_wgrad's programs for dout's rows [B * L, D], or 0 where it does not run: branches in
+    fp16/bf16 on a GPU (or the interpreter), rows of unit column stride no wider than _MAX_OUT, and
+    _WGRAD_MIN_TILES token tiles or more per program."""
+    if not (interpreted() or (ltis.is_cuda and ltis.dtype in (torch.float16, torch.bfloat16))):
+        return 0
+    if rows.stride(1) != 1 or rows.shape[1] > _MAX_OUT:
+        return 0
+    programs = _WGRAD_PER_SM * sm_count(ltis.device)
+    return programs if triton.cdiv(rows.shape[0], _WGRAD_ROWS) >= _WGRAD_MIN_TILES * programs else 0
 
 
 def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:
