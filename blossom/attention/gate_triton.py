@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention.reference import merge_heads
-from blossom.attention.triton_common import dot, dot_mode, empty_blhd, interpreted, sm_count
+from blossom.attention.triton_common import dot, dot_mode, empty_blhd, runs_16bit_kernel, summing_programs
 
 _ROWS = 16  # tokens per program
 # _mix_wgrad: tokens a tile, warps, programs per SM, the tiles each program must walk for it to run
@@ -266,12 +266,9 @@ def _mix_wgrad_programs(ltis: Tensor, rows: Tensor) -> int:
     """_mix_wgrad's programs for dout's rows [B * L, D], or 0 where it does not run: branches in
     fp16/bf16 on a GPU (or the interpreter), rows of unit column stride no wider than _MAX_OUT, and
     _WGRAD_MIN_TILES token tiles or more per program."""
-    if not (interpreted() or (ltis.is_cuda and ltis.dtype in (torch.float16, torch.bfloat16))):
+    if not runs_16bit_kernel(ltis) or rows.stride(1) != 1 or rows.shape[1] > _MAX_OUT:
         return 0
-    if rows.stride(1) != 1 or rows.shape[1] > _MAX_OUT:
-        return 0
-    programs = _WGRAD_PER_SM * sm_count(ltis.device)
-    return programs if triton.cdiv(rows.shape[0], _WGRAD_ROWS) >= _WGRAD_MIN_TILES * programs else 0
+    return summing_programs(rows.shape[0], _WGRAD_ROWS, _WGRAD_PER_SM, _WGRAD_MIN_TILES, ltis.device)
 
 
 def weight_grad(dout: Tensor, mix_merged: Tensor, weight: Tensor) -> Tensor:

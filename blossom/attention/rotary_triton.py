@@ -35,7 +35,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from blossom.attention import reference
 from blossom.attention.side_stream import SideStream
-from blossom.attention.triton_common import dot, dot_mode, interpreted, reg_cap, sm_count
+from blossom.attention.triton_common import dot, dot_mode, reg_cap, runs_16bit_kernel, sm_count, summing_programs
 
 _ROWS = 16  # tokens per program: [16, H d] + 2 x [16, G d] values, 3072 at the paper's shape
 # The projection kernel's tokens and columns per program, warps, and programs per SM (each keeps its
@@ -365,16 +365,16 @@ def _dy_buffers(
 
 def _merge_with_weight_grads(
     grads: tuple[Tensor | None, ...], dgl: Tensor | None, x: Tensor, heads: tuple[int, int, int], gl_width: int,
-    dtype: torch.dtype | None, reuse_dq: bool,
+    dtype: torch.dtype | None, reuse_dq: bool, programs: int,
 ) -> tuple[Tensor, Tensor]:
-    """_merge's dy and, from the same kernel (_project_bwd), each program's fp32 part [programs,
-    width + 1, hidden] of dy^T x and of the logits' gradient summed over tokens (_summed_parts)."""
+    """_merge's dy and, from the same kernel (_project_bwd, on programs programs), each program's fp32
+    part [programs, width + 1, hidden] of dy^T x and of the logits' gradient summed over tokens
+    (_summed_parts)."""
     b, length, hidden = x.shape
     n_heads, kv_heads, d = heads
     grads, dgl, out, in_place = _dy_buffers(grads, dgl, b, length, heads, gl_width, dtype, reuse_dq)
     rows = x.reshape(b * length, hidden)
     width = out.shape[1]
-    programs = sm_count(x.device)
     part = torch.empty(programs, width + 1, hidden, device=x.device, dtype=torch.float32)
     cos, sin = _tables(length, d, x.device)
     _project_bwd[(programs,)](
@@ -420,7 +420,7 @@ def _project_applies(x: Tensor, w_qkv: Tensor, w_gate: Tensor, b_gate: Tensor, d
     too_wide = x.shape[-1] > _PROJECT_MAX_HIDDEN
     if not same_dtype or d & (d - 1) or too_wide or torch.is_autocast_enabled(x.device.type):
         return False
-    return interpreted() or (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16))
+    return runs_16bit_kernel(x)
 
 
 def _project(
@@ -536,8 +536,10 @@ def project_backward(
     qkv_width, gl_width = w_qkv.shape[0], w_gate.shape[0]
     d = reference.head_dim(qkv_width, n_heads, kv_heads)
     part = None  # the weights' gradient in parts, where the backward kernel sums them (_project_bwd)
-    if _weight_grads_fuse(x, w_qkv, w_gate, dtype or next(g for g in (*grads, dgl) if g is not None).dtype):
-        dy, part = _merge_with_weight_grads(grads, dgl, x, (n_heads, kv_heads, d), gl_width, dtype, reuse_dq)
+    programs = _project_bwd_programs(x, w_qkv, w_gate, dtype or next(g for g in (*grads, dgl) if g is not None).dtype)
+    if programs:
+        dy, part = _merge_with_weight_grads(grads, dgl, x, (n_heads, kv_heads, d), gl_width, dtype, reuse_dq,
+                                            programs)  # fmt: skip
     else:
         dy = _merge(grads, dgl, b, length, n_heads, kv_heads, d, gl_width, dtype, reuse_dq)
     side = SideStream(x.device)
@@ -551,17 +553,16 @@ def project_backward(
     return dx, dw_qkv, dw_gl, db_gate
 
 
-def _weight_grads_fuse(x: Tensor, w_qkv: Tensor, w_gate: Tensor, dtype: torch.dtype) -> bool:
-    """_project_bwd's case: dy in fp16/bf16 on a GPU (or the interpreter), x and the weights in dy's
-    dtype, x no wider than _PROJECT_MAX_HIDDEN, the gate's rows (whose bias sums share a row of the
-    kernel's parts) no more than x's width, and _WGRAD_MIN_TILES token tiles or more per SM."""
-    if any(t.dtype != dtype for t in (x, w_qkv, w_gate)):
-        return False
+def _project_bwd_programs(x: Tensor, w_qkv: Tensor, w_gate: Tensor, dtype: torch.dtype) -> int:
+    """_project_bwd's programs (one per SM), or 0 where it does not run: it takes dy in fp16/bf16 on a
+    GPU (or the interpreter), x and the weights in dy's dtype, x no wider than _PROJECT_MAX_HIDDEN,
+    the gate's rows (whose bias sums share a row of the kernel's parts) no more than x's width, and
+    _WGRAD_MIN_TILES token tiles or more per program."""
+    if any(t.dtype != dtype for t in (x, w_qkv, w_gate)) or not runs_16bit_kernel(x):
+        return 0
     if x.shape[-1] > _PROJECT_MAX_HIDDEN or w_gate.shape[0] > x.shape[-1] or x.stride(-1) != 1:
-        return False
-    if not (interpreted() or (x.is_cuda and dtype in (torch.float16, torch.bfloat16))):
-        return False
-    return triton.cdiv(x.numel() // x.shape[-1], _WGRAD_ROWS) >= _WGRAD_MIN_TILES * sm_count(x.device)
+        return 0
+    return summing_programs(x.numel() // x.shape[-1], _WGRAD_ROWS, 1, _WGRAD_MIN_TILES, x.device)
 
 
 def _parameter_grads(dy: Tensor, rows: Tensor, qkv_width: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -55,6 +55,21 @@ def dot_mode(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "native"
 
 
+def runs_16bit_kernel(t: Tensor) -> bool:
+    """t is fp16/bf16 on a GPU, or the interpreter runs (the CPU tests, in any dtype): where the
+    kernels made for 2-byte inputs on tensor cores run instead of PyTorch's ops."""
+    return interpreted() or (t.is_cuda and t.dtype in (torch.float16, torch.bfloat16))
+
+
+def summing_programs(n_tokens: int, rows: int, per_sm: int, min_tiles: int, device: torch.device) -> int:
+    """Programs of a kernel that sums a weight's gradient over token tiles of rows tokens, in fp32
+    parts, one per program (rotary_triton._project_bwd, gate_triton._mix_wgrad): per_sm per SM where
+    each would walk min_tiles tiles or more, else 0. Below that a program walks a few tiles one
+    after another where cuBLAS spreads its GEMM over the GPU, and the caller's unfused path runs."""
+    programs = per_sm * sm_count(device)
+    return programs if triton.cdiv(n_tokens, rows) >= min_tiles * programs else 0
+
+
 def block_d(head_dim: int) -> int:
     """Head dim padded to a power of two >= 16 (tl.dot's minimum); kernels mask the extra columns."""
     return max(16, triton.next_power_of_2(head_dim))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 import torch
@@ -116,20 +117,25 @@ def test_projection_matches_reference(b, length, h, g, d, dtype, strided) -> Non
     check_project(b, length, h, g, d, dtype, "cpu", seed=length, strided=strided)
 
 
-def _count_fused_backwards(monkeypatch: pytest.MonkeyPatch, min_tiles: int | None = None) -> list[int]:
-    """Counts the calls of the projection backward that also sums the weights' gradients
-    (_project_bwd); min_tiles: the tiles per SM it then needs (0: it always runs)."""
+def _count_calls(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, min_tiles: int | None) -> list[int]:
+    """Counts the calls of module.name, module's weight-gradient kernel asked to run from min_tiles
+    token tiles per program (0: always; None: as the module sets it)."""
     calls: list[int] = []
-    fused = rotary_triton._merge_with_weight_grads
+    wrapped = getattr(module, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
-        return fused(*args, **kwargs)
+        return wrapped(*args, **kwargs)
 
-    monkeypatch.setattr(rotary_triton, "_merge_with_weight_grads", counted)
+    monkeypatch.setattr(module, name, counted)
     if min_tiles is not None:
-        monkeypatch.setattr(rotary_triton, "_WGRAD_MIN_TILES", min_tiles)
+        monkeypatch.setattr(module, "_WGRAD_MIN_TILES", min_tiles)
     return calls
+
+
+def _count_fused_backwards(monkeypatch: pytest.MonkeyPatch, min_tiles: int | None = None) -> list[int]:
+    """Counts the calls of the projection backward that also sums the weights' gradients (_project_bwd)."""
+    return _count_calls(monkeypatch, rotary_triton, "_merge_with_weight_grads", min_tiles)
 
 
 @pytest.mark.parametrize(("b", "length", "h", "g", "d", "dtype", "strided"), ROTARY_CPU)
@@ -203,18 +209,8 @@ def test_gate_matches_reference(b, length, h, d, dtype) -> None:
 
 
 def _fallbacks(monkeypatch: pytest.MonkeyPatch, min_tiles: int) -> list[int]:
-    """Counts mixed_weight_grad's fallbacks to the gate kernel and cuBLAS (gate_triton.weight_grad),
-    its kernel asked to run from min_tiles token tiles per program (0: always)."""
-    calls: list[int] = []
-    fallback = gate_triton.weight_grad
-
-    def counted(*args):
-        calls.append(1)
-        return fallback(*args)
-
-    monkeypatch.setattr(gate_triton, "weight_grad", counted)
-    monkeypatch.setattr(gate_triton, "_WGRAD_MIN_TILES", min_tiles)
-    return calls
+    """Counts mixed_weight_grad's fallbacks to the gate kernel and cuBLAS (gate_triton.weight_grad)."""
+    return _count_calls(monkeypatch, gate_triton, "weight_grad", min_tiles)
 
 
 def check_mix_weight_grad(b, length, h, d, dtype, device, seed) -> None:
