@@ -1,6 +1,7 @@
-"""`blossom bench attention|profile|plot|targets`: the attention microbenchmark (blossom/bench.py),
-its per-kernel profile (blossom/bench_profile.py), its plots, and issue 4's efficiency targets read
-off its CSV (blossom/report/targets.py).
+"""`blossom bench attention|profile|step|counters|plot|targets`: the attention microbenchmark
+(blossom/bench.py), its per-kernel profile (blossom/bench_profile.py), one marked step for Nsight
+Compute and what bounds each kernel by its counters (blossom/bench_counters.py), its plots, and
+issue 4's efficiency targets read off its CSV (blossom/report/targets.py).
 
 Options left out take their value from the FULL preset (the paper-scale GPU run) or, with --quick,
 the QUICK preset (a few seconds on a CPU); names and values are validated in blossom.bench.
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `bench attention`, `bench profile`, `bench plot` and `bench targets` (argparse only: torch
+    """Add `bench attention`, `profile`, `step`, `counters`, `plot` and `targets` (argparse only: torch
     and pandas are imported by the handlers)."""
     bench = subparsers.add_parser("bench", help="attention microbenchmark across sequence lengths")
     commands = bench.add_subparsers(dest="bench_command", required=True)
@@ -40,6 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--summary", type=Path, help="also write the printed summary to this text file")
     profile.set_defaults(func=run_profile)
 
+    step = commands.add_parser("step", help="one warmed-up step of one cell, marked for `ncu --profile-from-start off`")
+    _add_shape_options(step)
+    step.add_argument("--impl", default="blossom_triton", help="the implementation (default blossom_triton)")
+    step.add_argument("--seq-len", dest="seq_len", type=int, required=True, help="the sequence length L")
+    step.add_argument("--phase", default="train", help="train (fwd+bwd, default) or infer")
+    step.set_defaults(func=run_step)
+
+    counters = commands.add_parser("counters", help="what bounds each kernel, from an ncu CSV of `bench step`")
+    counters.add_argument("--csv", type=Path, required=True, help="`ncu --csv --page details` output (SpeedOfLight section at least)")
+    counters.add_argument("--out", type=Path, help="also write the table: OUT.md, OUT.tex, OUT.csv")
+    counters.add_argument("--top", type=int, help="kernels shown, longest first (default all; the CSV keeps all)")
+    counters.set_defaults(func=run_counters)
+
     plot = commands.add_parser("plot", help="plots of an attention benchmark CSV")
     plot.add_argument("--csv", type=Path, required=True, help="a CSV written by `blossom bench attention`")
     plot.add_argument("--out", type=Path, required=True, help="folder for the PNG and SVG files")
@@ -54,16 +68,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_cell_options(parser: argparse.ArgumentParser) -> None:
-    """What defines the benchmark's cells: shapes, dtype, impls, phases, warm-up, device."""
-    parser.add_argument("--quick", action="store_true", help="small CPU-sized preset (L 32 64, batch 2, fp32)")
+    """What defines the benchmark's cells: shapes, dtype, impls, lengths, phases, warm-up, device."""
+    _add_shape_options(parser)
     parser.add_argument("--seq-lens", dest="seq_lens", type=int, nargs="+", help="default 200 512 1024 2048 4096 8192")
+    parser.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa sdpa_flash flex (default all)")
+    parser.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
+
+
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
+    """What every cell shares: the preset, shapes, dtype, backward, warm-up, device."""
+    parser.add_argument("--quick", action="store_true", help="small CPU-sized preset (L 32 64, batch 2, fp32)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, help="default 64")
     parser.add_argument("--hidden", type=int, help="model width D (default 128)")
     parser.add_argument("--heads", type=int, help="query heads (default 8)")
     parser.add_argument("--kv-heads", dest="kv_heads", type=int, help="BlossomRec/flex kv heads (default 2)")
     parser.add_argument("--dtype", help="bf16 | fp16 | fp32 (default bf16; native, not autocast)")
-    parser.add_argument("--impls", nargs="+", help="blossom_triton blossom_reference naive sdpa sdpa_flash flex (default all)")
-    parser.add_argument("--phases", nargs="+", help="train (fwd+bwd) and/or infer (default both)")
     parser.add_argument("--backward", help="what train backpropagates: output_grad (a fixed random output "
                         "gradient, default) | loss (out.float().square().mean(), the tables before session 6)")
     parser.add_argument("--warmup", type=int, help="untimed repetitions first (default 5)")
@@ -105,6 +124,31 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.summary:
         atomic_write_text(args.summary, text + "\n")
     print(f"wrote {out}" + (f" {args.summary}" if args.summary else ""))
+    return 0
+
+
+def run_step(args: argparse.Namespace) -> int:
+    """One marked step of one cell (for ncu); nothing is written: the profiler records it."""
+    from blossom import bench_counters
+    from blossom.measure import resolve_device
+
+    args.impls, args.seq_lens, args.phases = [args.impl], [args.seq_len], [args.phase]
+    config = _config(args)
+    bench_counters.marked_step(config, resolve_device(config.device))
+    print(f"ran one marked {args.phase} step of {args.impl} at L = {args.seq_len}")
+    return 0
+
+
+def run_counters(args: argparse.Namespace) -> int:
+    """Print (and with --out write) what bounds each kernel of an ncu CSV."""
+    from blossom import bench_counters
+    from blossom.report import render
+
+    table = bench_counters.bounds_table(bench_counters.kernel_bounds(bench_counters.read_launches(args.csv)),
+                                        str(args.csv), args.top)
+    print(f"{table.caption}\n\n{render.render(table, 'md')}")
+    if args.out:
+        _print_written(render.write_tables(args.out, [table]))
     return 0
 
 
