@@ -133,7 +133,8 @@ def test_gpu_random_shapes(index: int) -> None:
     check_case(*gpu_case(index, seed=2000), "cuda", seed=index)
 
 
-def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int) -> None:
+def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: str, seed: int,
+                 logit_scale: float = 1.0) -> None:
     """attend gives gated_merge(*both_branches) bit for bit without autograd (the gate fused into
     the branches' forward kernel) and, with it, the same output and projection weight gradient
     bit for bit; the gradients of q, k, v and the gate logits, which its backward kernels compute
@@ -142,7 +143,7 @@ def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: s
     q, k, v = inputs(shape, dtype, layout, device, seed)
     b, h, _, length, d = shape
     gen = torch.Generator(device=device).manual_seed(seed)
-    gate_logits = torch.randn(b, length, 2 * h, generator=gen, device=device).to(dtype)
+    gate_logits = (logit_scale * torch.randn(b, length, 2 * h, generator=gen, device=device)).to(dtype)
     weight = torch.randn(32, h * d, generator=gen, device=device).to(dtype)
     block_idx = make_block_idx(q, shape[2], reference.NUM_SELECTED, drop=0.2, seed=seed)
     seq_len = None if lengths is None else torch.tensor(lengths, device=device)
@@ -187,6 +188,12 @@ def check_attend(shape, dtype, layout: str, lengths: list[int] | None, device: s
 ])
 def test_attend_fuses_the_gate(shape, dtype, layout, lengths) -> None:
     check_attend(shape, dtype, layout, lengths, "cpu", seed=1)
+
+
+def test_attend_with_saturated_gates() -> None:
+    """Gate logits of +-1e4 make most gates exactly 0 or 1 (fp32 sigmoid): a branch whose gate is 0
+    passes no gradient through its rows, and every gradient stays finite and meets the references."""
+    check_attend((2, 4, 2, 40, 16), F32, "qkv", [40, 9], "cpu", seed=1, logit_scale=1e4)
 
 
 def test_both_forward_keeps_the_branches_without_a_gate() -> None:
