@@ -77,10 +77,16 @@ def read_launches(path: Path) -> pd.DataFrame:
     missing = [c for c in _NCU_COLUMNS if c not in rows.columns]
     if missing:
         raise BlossomError(f"{path} is not an ncu details CSV (`ncu --csv --page details`): no {', '.join(missing)}")
+    if rows.empty:
+        raise BlossomError(f"{path} holds no kernel: ncu recorded nothing (with --profile-from-start off, "
+                           "profile `blossom bench step`, which marks its step)")
     rows["column"] = [METRICS.get(key) for key in zip(rows["Section Name"], rows["Metric Name"])]
     rows = rows[rows["column"].notna()].copy()
     rows["value"] = pd.to_numeric(rows["Metric Value"].str.replace(",", ""), errors="coerce")
     is_time = rows["column"] == "time_us"
+    unknown = set(rows.loc[is_time, "Metric Unit"]) - set(_MICROSECONDS)
+    if unknown:
+        raise BlossomError(f"{path}: durations in an unknown unit {sorted(unknown)}; known: {', '.join(_MICROSECONDS)}")
     rows.loc[is_time, "value"] *= rows.loc[is_time, "Metric Unit"].map(_MICROSECONDS)
     launches = rows.pivot_table(index=["ID", "Kernel Name"], columns="column", values="value", aggfunc="first")
     absent = [c for c in REQUIRED if c not in launches.columns or launches[c].isna().any()]

@@ -60,6 +60,14 @@ def test_csv_without_speed_of_light_or_not_from_ncu_is_refused(tmp_path: Path) -
     other.write_text('"impl","seq_len"\n"sdpa","200"\n')
     with pytest.raises(BlossomError, match="not an ncu details CSV"):
         bench_counters.read_launches(other)
+    header_only = tmp_path / "nothing.csv"
+    header_only.write_text("\n".join(NCU_CSV.read_text().splitlines()[:3]) + "\n")  # ncu's log lines and the header
+    with pytest.raises(BlossomError, match="holds no kernel"):
+        bench_counters.read_launches(header_only)
+    fortnights = tmp_path / "fortnights.csv"
+    fortnights.write_text(NCU_CSV.read_text().replace('"Duration","ns"', '"Duration","fortnight"'))
+    with pytest.raises(BlossomError, match="unknown unit"):
+        bench_counters.read_launches(fortnights)
     with pytest.raises(BlossomError, match="no such ncu CSV"):
         bench_counters.read_launches(tmp_path / "missing.csv")
 
