@@ -373,6 +373,23 @@ def measure_cell(config: BenchConfig, impl: str, seq_len: int, phase: str, devic
             "nvml_peak_mib": result["nvml_peak_mib"], "status": "ok"}
 
 
+def marked_step(config: BenchConfig, device: torch.device) -> None:
+    """The config's one cell (one impl, L and phase), warmed up, then one step inside
+    cudaProfilerStart/Stop: what `ncu --profile-from-start off` is to record."""
+    if device.type != "cuda":
+        raise BlossomError("`bench step` marks a step for a CUDA profiler (ncu); it needs a CUDA device")
+    cells = [(impl, seq_len, phase) for impl in config.impls for seq_len in config.seq_lens for phase in config.phases]
+    if len(cells) != 1:
+        raise BlossomError(f"`bench step` profiles one cell (one impl, L and phase); got {len(cells)}")
+    step, reset = prepare_cell(config, *cells[0], device)
+    torch.cuda.synchronize(device)
+    reset()
+    torch.cuda.cudart().cudaProfilerStart()
+    step()
+    torch.cuda.synchronize(device)
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def release_memory(device: torch.device) -> None:
     """Drop what a finished (or failed) cell left, so the next cell starts from the same baseline."""
     gc.collect()

@@ -1,7 +1,7 @@
 """`blossom bench attention|profile|step|counters|plot|targets`: the attention microbenchmark
-(blossom/bench.py), its per-kernel profile (blossom/bench_profile.py), one marked step for Nsight
-Compute and what bounds each kernel by its counters (blossom/bench_counters.py), its plots, and
-issue 4's efficiency targets read off its CSV (blossom/report/targets.py).
+(blossom/bench.py, which also runs one marked step for Nsight Compute), its per-kernel profile
+(blossom/bench_profile.py), what bounds each kernel by its counters (blossom/bench_counters.py),
+its plots, and issue 4's efficiency targets read off its CSV (blossom/report/targets.py).
 
 Options left out take their value from the FULL preset (the paper-scale GPU run) or, with --quick,
 the QUICK preset (a few seconds on a CPU); names and values are validated in blossom.bench.
@@ -129,12 +129,12 @@ def run_profile(args: argparse.Namespace) -> int:
 
 def run_step(args: argparse.Namespace) -> int:
     """One marked step of one cell (for ncu); nothing is written: the profiler records it."""
-    from blossom import bench_counters
+    from blossom import bench
     from blossom.measure import resolve_device
 
     args.impls, args.seq_lens, args.phases = [args.impl], [args.seq_len], [args.phase]
     config = _config(args)
-    bench_counters.marked_step(config, resolve_device(config.device))
+    bench.marked_step(config, resolve_device(config.device))
     print(f"ran one marked {args.phase} step of {args.impl} at L = {args.seq_len}")
     return 0
 

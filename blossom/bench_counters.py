@@ -4,8 +4,8 @@
 so a researcher can tell on their own GPU whether a kernel waits on memory, on arithmetic or on
 latency, and so how much a faster kernel could still gain. Two halves:
 
-- `marked_step` (`blossom bench step`): one cell's layer, warmed up as the benchmark warms it, then
-  one step between cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off`
+- `bench.marked_step` (`blossom bench step`): one cell's layer, warmed up as the benchmark warms it,
+  then one step between cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off`
   records that step's kernels and none of the warm-up's.
 - `kernel_bounds` (`blossom bench counters`): ncu's CSV (`--csv --page details`, with the
   SpeedOfLight section at least) read into one row per kernel: its time and share of the step, the
@@ -21,9 +21,7 @@ import io
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from blossom import bench
 from blossom.errors import BlossomError
 from blossom.report.render import Table
 
@@ -47,23 +45,6 @@ LATENCY_BELOW = 60.0  # % of peak: Nsight Compute's SpeedOfLight rule for latenc
 _MICROSECONDS = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3,
                  "s": 1e6, "second": 1e6}
 _NCU_COLUMNS = ("ID", "Kernel Name", "Section Name", "Metric Name", "Metric Unit", "Metric Value")
-
-
-def marked_step(config: bench.BenchConfig, device: torch.device) -> None:
-    """The config's one cell (one impl, L and phase), warmed up, then one step inside
-    cudaProfilerStart/Stop: what `ncu --profile-from-start off` is to record."""
-    if device.type != "cuda":
-        raise BlossomError("`bench step` marks a step for a CUDA profiler (ncu); it needs a CUDA device")
-    cells = [(impl, seq_len, phase) for impl in config.impls for seq_len in config.seq_lens for phase in config.phases]
-    if len(cells) != 1:
-        raise BlossomError(f"`bench step` profiles one cell (one impl, L and phase); got {len(cells)}")
-    step, reset = bench.prepare_cell(config, *cells[0], device)
-    torch.cuda.synchronize(device)
-    reset()
-    torch.cuda.cudart().cudaProfilerStart()
-    step()
-    torch.cuda.synchronize(device)
-    torch.cuda.cudart().cudaProfilerStop()
 
 
 def read_launches(path: Path) -> pd.DataFrame:

@@ -86,7 +86,7 @@ def test_step_needs_cuda_and_one_cell() -> None:
         cli(["bench", "step", "--quick", "--device", "cpu", "--seq-len", "16"])
     config = bench.make_config(**{**TINY, "device": "cuda"})  # two lengths, two phases
     with pytest.raises(BlossomError, match="one cell"):
-        bench_counters.marked_step(config, torch.device("cuda"))
+        bench.marked_step(config, torch.device("cuda"))
 
 
 @pytest.mark.gpu
@@ -94,5 +94,5 @@ def test_gpu_marked_step_runs_the_layer() -> None:
     config = bench.make_config(**{**TINY, "seq_lens": [200], "phases": ["train"], "impls": ["blossom_triton"],
                                   "dtype": "bf16", "device": "cuda"})
     torch.cuda.reset_peak_memory_stats()
-    bench_counters.marked_step(config, torch.device("cuda"))
+    bench.marked_step(config, torch.device("cuda"))
     assert torch.cuda.max_memory_allocated() > 0
